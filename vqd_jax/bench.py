@@ -1,0 +1,30 @@
+"""Benchmarks that print figures (speed, memory, MFU); never part of the test suite.
+
+  python -m vqd_jax.bench sampler [--help]   sampler loop overhead vs the bare denoiser
+  python -m vqd_jax.bench train   [--help]   train-step steps/s, tokens/s, FLOP/s and MFU
+  python -m vqd_jax.bench memory  [--help]   per-device bytes of a compiled train step on a mesh
+"""
+
+from __future__ import annotations
+
+import sys
+
+_COMMANDS = {
+    "sampler": "vqd_jax.benchmarks.sampler",
+    "train": "vqd_jax.benchmarks.train",
+    "memory": "vqd_jax.benchmarks.memory",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if not argv or argv[0] in ("-h", "--help") or argv[0] not in _COMMANDS:
+    print(__doc__)
+    return 0 if argv and argv[0] in ("-h", "--help") else 2
+  import importlib  # pylint: disable=import-outside-toplevel
+  module = importlib.import_module(_COMMANDS[argv[0]])
+  return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,82 @@
+"""Encodes a dataset into VQ token arrays once, so diffusion training never re-encodes images.
+
+  python -m vqd_jax.encode --vqvae-workdir runs/vq --config configs/diffusion.py:shapes \
+      --out runs/tokens
+
+Reads the images named by the diffusion config's ``data`` section, encodes them with the trained
+autoencoder and writes array_record token records (``tokens`` int32 ``[h*w]`` and ``caption``) that
+``data.source='tokens'`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def encode_dataset(vq, data_cfg, out: str, *, num_examples: int | None = None,
+                   batch_size: int = 256) -> dict[str, int]:
+  """Encodes ``num_examples`` (default: all) examples of ``data_cfg``'s source into ``out``."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  from vqd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from vqd_jax.training import data as train_data  # pylint: disable=import-outside-toplevel
+
+  source = train_data.make_source(data_cfg)
+  total = len(source) if num_examples is None else min(num_examples, len(source))
+  images_of = data_lib.image_loader(source, image_size=data_cfg.image_size)
+
+  def records():
+    with tqdm(total=total, desc="encoding", unit="img") as bar:
+      for start in range(0, total, batch_size):
+        idx = range(start, min(start + batch_size, total))
+        loaded = [images_of(i) for i in idx]
+        loaded = [r for r in loaded if r is not None]  # unreadable records are counted there
+        if loaded:
+          imgs = np.stack([r["image"] for r in loaded])
+          n = len(imgs)
+          if n < batch_size:  # keep one compiled shape
+            imgs = np.concatenate([imgs, np.repeat(imgs[-1:], batch_size - n, 0)])
+          codes = np.asarray(vq.encode(jnp.asarray(imgs)))[:n].reshape(n, -1).astype(np.int32)
+          for r, c in zip(loaded, codes):
+            yield {"tokens": c, "caption": r["caption"]}
+        bar.update(len(idx))
+
+  written = data_lib.write_token_records(out, records())
+  return {"examples": int(written), "requested": int(total)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m vqd_jax.encode", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--vqvae-workdir", required=True, help="Workdir of the trained autoencoder.")
+  p.add_argument("--config", required=True,
+                 help="Config whose data section names the images, e.g. configs/diffusion.py:shapes.")
+  p.add_argument("--out", required=True, help="Folder for the token records.")
+  p.add_argument("--num-examples", type=int, default=None,
+                 help="Encode only the first N examples (the shapes source is effectively "
+                      "unbounded, so set it there).")
+  p.add_argument("--batch-size", type=int, default=256, help="Images per encoder call.")
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  from vqd_jax import configs_io  # pylint: disable=import-outside-toplevel
+  from vqd_jax.training.frozen_vq import FrozenVQ  # pylint: disable=import-outside-toplevel
+  config = configs_io.load_config(args.config)
+  t0 = time.perf_counter()
+  vq = FrozenVQ.from_workdir(args.vqvae_workdir)
+  stats = encode_dataset(vq, config.data, args.out, num_examples=args.num_examples,
+                         batch_size=args.batch_size)
+  print(f"Encoded {stats['examples']} of {stats['requested']} examples into {args.out} in "
+        f"{time.perf_counter() - t0:.1f}s.")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

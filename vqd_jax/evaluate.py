@@ -1,0 +1,75 @@
+"""Evaluates generated samples.
+
+  python -m vqd_jax.evaluate shapes --samples runs/quickstart/samples
+
+``shapes`` reads SAMPLES/samples.jsonl (one JSON object per line with "file", relative to SAMPLES,
+and "prompt"; ``python -m vqd_jax.sample`` writes it), checks every image against its prompt
+(colours, shapes, sizes, object count and spatial relation), prints per-attribute accuracies and
+writes SAMPLES/shapes_score.json. The last line printed is
+``shapes score: <fraction fully correct>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m vqd_jax.evaluate", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="metric", required=True, metavar="METRIC")
+  shapes = sub.add_parser(
+      "shapes", help="Score shapes samples against their prompts.",
+      description="Score shapes samples against their prompts; see `python -m vqd_jax.evaluate "
+                  "--help`.")
+  shapes.add_argument("--samples", required=True, metavar="DIR",
+                      help="Folder holding samples.jsonl and the images it lists.")
+  shapes.add_argument("--output", default=None, metavar="FILE",
+                      help="Where to write the JSON report (default: DIR/shapes_score.json).")
+  shapes.add_argument("--show-failures", type=int, default=5, metavar="N",
+                      help="Print the first N failing samples with the reason (default 5).")
+  return p
+
+
+def _fmt(value) -> str:
+  return "n/a" if value is None else f"{value:.3f}"
+
+
+def run_shapes(args) -> int:
+  from vqd_jax.evaluation import shapes as shapes_eval  # pylint: disable=import-outside-toplevel
+  samples_dir = os.path.abspath(args.samples)
+  try:
+    report = shapes_eval.evaluate_folder(samples_dir, write=args.output is None)
+  except (FileNotFoundError, ValueError) as e:
+    raise SystemExit(f"evaluate shapes: {e}") from e
+  if args.output is not None:
+    with open(args.output, "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+  output = args.output or os.path.join(samples_dir, shapes_eval.SCORE_FILE)
+  failures = [s for s in report["samples"] if not s["correct"]][:args.show_failures]
+  for s in failures:
+    print(f"  wrong: {s['file']}  {s['prompt']!r}: {s['reason']}")
+  print(f"samples: {report['num_samples']} ({report['num_single_object']} one-object, "
+        f"{report['num_two_object']} two-object, {report['num_unparseable']} unparseable prompts)")
+  for name in shapes_eval.ATTRIBUTES:
+    print(f"{name} accuracy: {_fmt(report[f'{name}_accuracy'])}")
+  print(f"one-object score: {_fmt(report['single_object_score'])}")
+  print(f"two-object score: {_fmt(report['two_object_score'])}")
+  print(f"report: {output}")
+  print(f"shapes score: {report['score']:.3f}")
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  if args.metric == "shapes":
+    return run_shapes(args)
+  raise SystemExit(f"Unknown metric {args.metric!r}.")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,48 @@
+r"""Trains a stage (VQ autoencoder or diffusion denoiser), resuming from the latest checkpoint.
+
+  python -m vqd_jax.train --config configs/vqvae.py:shapes --workdir runs/vq
+  python -m vqd_jax.train --config configs/diffusion.py:shapes --workdir runs/dm \
+      --config.vqvae_workdir=runs/vq --config.train.num_steps=5000
+
+Any config field can be overridden with ``--config.<field>=<value>``. Re-running the same command
+after a crash or preemption continues from the last checkpoint in ``--workdir``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file and preset, e.g. configs/diffusion.py:shapes (presets are listed "
+    "in each config file's docstring). Override fields with --config.<field>=<value>.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory (local path or gs://...) for checkpoints, metrics.jsonl, "
+    "TensorBoard logs and preview grids. An existing run there is resumed.")
+_STOP_AFTER = flags.DEFINE_integer(
+    "stop_after", None, "Stop after this many steps as if preempted (checkpoint, then exit); the "
+    "learning-rate schedule still follows config.train.num_steps.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host GPU runs: host:port of process 0 "
+    "(TPU pods and SLURM are detected automatically).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  from vqd_jax import distributed  # pylint: disable=import-outside-toplevel
+  distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from vqd_jax.training import loop  # pylint: disable=import-outside-toplevel
+  metrics = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_after=_STOP_AFTER.value)
+  logging.info("Done: %s", {k: round(v, 5) for k, v in metrics.items()})
+
+
+if __name__ == "__main__":
+  app.run(main)

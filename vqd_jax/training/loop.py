@@ -1,0 +1,120 @@
+"""The one training loop, for every stage.
+
+Short and linear, after big_vision's ``train.py``: build the task, mesh and data; initialise the state
+shape-first straight into its shardings (or restore the latest checkpoint); then call one jitted,
+state-donating step per batch. Metrics are fetched only every ``log_every`` steps, so the host never
+waits on the device step by step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from vqd_jax import sharding as sharding_lib
+from vqd_jax.training import checkpoint as ckpt_lib
+from vqd_jax.training import metrics as metrics_lib
+from vqd_jax.training import tasks as tasks_lib
+
+log = logging.getLogger(__name__)
+
+
+def _peek(iterator) -> dict[str, Any]:
+  """One batch from ``iterator`` without advancing it (the batch is only used for its shapes)."""
+  state = iterator.get_state()
+  batch = next(iterator)
+  iterator.set_state(state)
+  return batch
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_after: int | None = None) -> dict[str, float]:
+  """Trains ``config.stage`` in ``workdir``, resuming from its latest checkpoint if there is one.
+
+  Args:
+    config: a config from ``configs/`` (see there for the fields).
+    workdir: where checkpoints, metrics, TensorBoard logs and sample grids go (local or gs://).
+    stop_after: stop (after checkpointing) once this step is reached, as a preemption would; the
+      schedule still follows ``config.train.num_steps``. Used by the kill-and-resume tests.
+
+  Returns:
+    The last logged metrics.
+  """
+  is_main = jax.process_index() == 0
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+  task = tasks_lib.make_task(config, workdir)
+  mesh = sharding_lib.make_mesh(config.get("mesh", None) and dict(config.mesh))
+  rules = sharding_lib.rules_from_config(config.get("sharding_rules", None))
+  iterator = task.make_train_iterator(jax.process_index(), jax.process_count())
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.get("keep_checkpoints", 3),
+                                       async_save=config.train.get("async_checkpoints", True))
+  writer = metrics_lib.MetricWriter(workdir)
+  config_json = json.loads(config.to_json_best_effort())
+  num_steps = int(config.train.num_steps)
+  key = jax.random.key(config.seed)
+  init_key, train_key = jax.random.split(key)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    example = sharding_lib.global_batch(_peek(iterator), mesh)
+    boxed_shapes = jax.eval_shape(task.init_state, init_key, example)
+    state_shardings = sharding_lib.tree_shardings(boxed_shapes, mesh, rules)
+    abstract_state = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        nn.meta.unbox(boxed_shapes), state_shardings)
+
+    start = checkpointer.latest_step()
+    if start is None:
+      start = 0
+      init = jax.jit(lambda k, b: nn.meta.unbox(task.init_state(k, b)),
+                     out_shardings=state_shardings)
+      state = init(init_key, example)
+      log.info("Initialised a fresh %s run in %s.", config.stage, workdir)
+    else:
+      state, data_state = checkpointer.restore(start, abstract_state)
+      if data_state:
+        iterator.set_state(data_state)
+      log.info("Resumed %s from step %d in %s.", config.stage, start, workdir)
+
+    repl = sharding_lib.replicated(mesh)
+    step_fn = jax.jit(task.train_step, donate_argnums=(0,),
+                      in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh), repl),
+                      out_shardings=(state_shardings, repl))
+
+    cfg = config.train
+    buffer = metrics_lib.MetricBuffer()
+    bar = metrics_lib.progress_bar(num_steps, start, config.stage, is_main)
+    last_metrics: dict[str, float] = {}
+    t_start = time.perf_counter()
+    step = start
+    while step < num_steps:
+      batch = sharding_lib.global_batch(next(iterator), mesh)
+      state, metrics = step_fn(state, batch, jax.random.fold_in(train_key, step))
+      step += 1
+      buffer.add(metrics)
+      bar.update(1)
+      done = step == num_steps or (stop_after is not None and step >= stop_after)
+      if step % cfg.log_every == 0 or done:
+        last_metrics = buffer.flush()
+        last_metrics["minutes"] = (time.perf_counter() - t_start) / 60
+        writer.write_scalars(step, last_metrics)
+        bar.set_postfix(loss=f"{last_metrics.get('loss', float('nan')):.4f}",
+                        sps=f"{last_metrics['steps_per_sec']:.2f}")
+      if cfg.get("sample_every", 0) and (step % cfg.sample_every == 0 or done):
+        task.write_previews(state, step, writer, os.path.join(workdir, "previews"))
+      preempted = checkpointer.reached_preemption(step)
+      if step % cfg.ckpt_every == 0 or done or preempted:
+        checkpointer.save(step, state, iterator.get_state(), config_json, force=True)
+      if done or preempted:
+        break
+    bar.close()
+  checkpointer.close()
+  writer.close()
+  return last_metrics

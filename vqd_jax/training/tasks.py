@@ -1,0 +1,17 @@
+"""Stage name -> task. One loop trains them all (``vqd_jax.training.loop``)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def make_task(config: ml_collections.ConfigDict, workdir: str):
+  """The :class:`vqd_jax.training.state.Task` for ``config.stage``."""
+  # Imported lazily so a stage's dependencies load only when that stage runs.
+  if config.stage == "vqvae":
+    from vqd_jax.training.vqvae_task import VQVAETask  # pylint: disable=import-outside-toplevel
+    return VQVAETask(config, workdir)
+  if config.stage == "diffusion":
+    from vqd_jax.training.diffusion_task import DiffusionTask  # pylint: disable=import-outside-toplevel
+    return DiffusionTask(config, workdir)
+  raise ValueError(f"config.stage must be 'vqvae' or 'diffusion', got {config.stage!r}.")

@@ -1,0 +1,241 @@
+"""The autoencoder stage: trains :class:`vqd_jax.vqvae.VQAutoencoder` on images.
+
+Loss (taming VQGAN, every optional part off by default):
+``recon(x, x̂) + perceptual_weight * LPIPS + gan_weight * λ_adaptive * (-D(x̂))
+  + beta * |z - sg(e)|^2 + |sg(z) - e|^2`` (the last term only without the EMA codebook).
+
+Schedule: ``loss.warmup_steps`` plain-autoencoder steps (quantizer bypassed), then the codebook is
+initialised from encoder outputs and VQ training starts; dead codes are restarted every step; the
+discriminator joins at ``loss.gan_start``. State: ``params`` (autoencoder), ``extra["vq_stats"]``
+(quantizer statistics), ``extra["disc"]`` (discriminator params and optimizer state, with a GAN) and
+``extra["lpips"]`` (frozen perceptual weights, with a perceptual loss).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vqd_jax import images as images_lib
+from vqd_jax import vqvae
+from vqd_jax.training import data as train_data
+from vqd_jax.training import optim as optim_lib
+from vqd_jax.training import state as state_lib
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_MODEL_FIELDS = ("block_out_channels", "layers_per_block", "down_attention", "up_attention",
+                 "mid_block_attention", "latent_channels", "vq_embed_dim", "num_vq_embeddings",
+                 "norm_num_groups")
+
+
+def model_from_config(config: ml_collections.ConfigDict) -> vqvae.VQAutoencoder:
+  """The autoencoder described by ``config.model`` (+ codebook options from ``config.loss``)."""
+  m, loss = config.model, config.loss
+  unknown = sorted(set(m.keys()) - set(_MODEL_FIELDS) - {"dtype"})
+  if unknown:
+    raise ValueError(f"Unknown config.model fields {unknown}; known: {list(_MODEL_FIELDS)} + dtype.")
+  kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+            for k, v in m.items() if k in _MODEL_FIELDS}
+  dtype = m.get("dtype", "float32")
+  if dtype not in _DTYPES:
+    raise ValueError(f"config.model.dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
+  return vqvae.VQAutoencoder(**kwargs, codebook_ema=bool(loss.get("codebook_ema", False)),
+                             ema_decay=float(loss.get("codebook_ema_decay", 0.99)),
+                             usage_decay=float(loss.get("usage_decay", 0.99)),
+                             dtype=_DTYPES[dtype])
+
+
+class VQVAETask:
+  """Implements :class:`vqd_jax.training.state.Task` for the VQ autoencoder (see module docstring)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str = ""):
+    self.config = config
+    self.workdir = workdir
+    self.model = model_from_config(config)
+    loss = config.loss
+    self.tx = optim_lib.make_optimizer(config.optim, config.train.num_steps)
+    self.codebook_settings = vqvae.CodebookSettings(
+        warmup_steps=int(loss.get("warmup_steps", 0)),
+        kmeans_iterations=int(loss.get("kmeans_iterations", 3)),
+        use_ema=bool(loss.get("codebook_ema", False)),
+        dead_code_threshold=float(loss.get("dead_code_threshold", 0.0)))
+    self.use_gan = float(loss.get("gan_weight", 0.0)) > 0
+    if self.use_gan:
+      d = loss.disc
+      self.disc = vqvae.PatchDiscriminator(base_channels=d.base_channels, num_layers=d.num_layers,
+                                           norm_num_groups=d.get("norm_num_groups", 32))
+      self.disc_tx = optax.adam(d.lr, b1=d.get("b1", 0.5), b2=d.get("b2", 0.9))
+    paths = [p for p in str(loss.get("lpips_weights", "") or "").split(",") if p.strip()]
+    self.use_lpips = bool(paths) and float(loss.get("perceptual_weight", 0.0)) > 0
+    if self.use_lpips:
+      self.lpips = vqvae.LPIPS()
+      self._lpips_params = vqvae.load_lpips_params(*[p.strip() for p in paths])
+    self._preview_images = None
+
+  # -- shape facts used by the diffusion stage ----------------------------------------------------
+
+  @property
+  def num_codes(self) -> int:
+    return int(self.model.num_vq_embeddings)
+
+  @property
+  def downsample_factor(self) -> int:
+    return self.model.downsample_factor
+
+  def make_train_iterator(self, process_index: int, process_count: int):
+    return train_data.make_iterator(self.config.data, self.config.train.batch_size,
+                                    self.config.seed, process_index, process_count)
+
+  # -- state --------------------------------------------------------------------------------------
+
+  def init_state(self, key: jax.Array, batch: dict[str, Any]) -> state_lib.TrainState:
+    k_model, k_disc = jax.random.split(key)
+    images = vqvae.images_to_float(jnp.asarray(batch["image"]))
+    variables = self.model.init(k_model, images, train=True)
+    params = variables["params"]
+    extra: dict[str, Any] = {"vq_stats": variables[vqvae.STATS_COLLECTION]}
+    if self.use_gan:
+      disc_params = self.disc.init(k_disc, images)["params"]
+      extra["disc"] = {"params": disc_params, "opt_state": self.disc_tx.init(disc_params)}
+    if self.use_lpips:
+      extra["lpips"] = self._lpips_params
+    ema = params if self.config.train.get("ema_decay", 0.0) > 0 else None
+    return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                opt_state=self.tx.init(params), ema_params=ema, extra=extra)
+
+  # -- training -----------------------------------------------------------------------------------
+
+  def _nll(self, recon, images, lpips_params):
+    """Reconstruction + perceptual terms (scalars) of ``recon`` vs ``images``."""
+    loss = self.config.loss
+    rec = vqvae.reconstruction_loss(recon, images, loss.get("recon", "l1"))
+    perceptual = jnp.zeros(())
+    if self.use_lpips:
+      perceptual = jnp.mean(self.lpips.apply({"params": lpips_params}, recon, images))
+    return rec + loss.get("perceptual_weight", 0.0) * perceptual, (rec, perceptual)
+
+  def _loss_fn(self, params, extra, images, step):
+    loss = self.config.loss
+    use_q = step >= self.codebook_settings.warmup_steps
+    (recon, aux), new_vars = self.model.apply(
+        {"params": params, vqvae.STATS_COLLECTION: extra["vq_stats"]}, images, train=True,
+        use_quantizer=use_q, return_features=self.use_gan, mutable=[vqvae.STATS_COLLECTION])
+    lpips_params = extra.get("lpips")
+    nll, (rec, perceptual) = self._nll(recon, images, lpips_params)
+    vq = loss.get("commitment_beta", 0.25) * aux["commitment_loss"]
+    if not self.codebook_settings.use_ema:
+      vq = vq + aux["codebook_loss"]
+    total = nll + vq
+    metrics = {"recon_loss": rec, "commitment_loss": aux["commitment_loss"],
+               "perplexity": aux["perplexity"],
+               "codes_in_batch": jnp.sum(aux["counts"] > 0).astype(jnp.float32)}
+    if self.use_lpips:
+      metrics["perceptual_loss"] = perceptual
+    if self.use_gan:
+      g_loss, weight = self._generator_term(params, extra, recon, aux["features"], images, step)
+      total = total + weight * g_loss
+      metrics.update(g_loss=g_loss, gan_weight=weight)
+    metrics["loss"] = total
+    return total, (recon, aux, new_vars[vqvae.STATS_COLLECTION], metrics)
+
+  def _generator_term(self, params, extra, recon, features, images, step):
+    """``(-mean D(x̂), weight)`` with taming's adaptive weight (0 before ``gan_start``)."""
+    loss = self.config.loss
+    disc_params = extra["disc"]["params"]
+
+    def g_of(r):
+      return vqvae.generator_loss(self.disc.apply({"params": disc_params}, r))
+
+    fixed = jax.lax.stop_gradient(recon)
+    nll_grad = jax.grad(lambda r: self._nll(r, images, extra.get("lpips"))[0])(fixed)
+    g_grad = jax.grad(g_of)(fixed)
+    kernel = jax.lax.stop_gradient(params["decoder"]["conv_out"]["kernel"])
+    feats = jax.lax.stop_gradient(features)
+    adaptive = vqvae.adaptive_gan_weight(vqvae.last_layer_grad_norm(feats, kernel, nll_grad),
+                                         vqvae.last_layer_grad_norm(feats, kernel, g_grad))
+    weight = adaptive * vqvae.adopt_weight(loss.gan_weight, step, loss.get("gan_start", 0))
+    return g_of(recon), weight
+
+  def _disc_update(self, disc, images, recon, step):
+    def d_loss_fn(p):
+      real = self.disc.apply({"params": p}, images)
+      fake = self.disc.apply({"params": p}, jax.lax.stop_gradient(recon))
+      return vqvae.hinge_discriminator_loss(real, fake)
+
+    d_loss, grads = jax.value_and_grad(d_loss_fn)(disc["params"])
+    on = (step >= self.config.loss.get("gan_start", 0)).astype(jnp.float32)
+    grads = jax.tree.map(lambda g: g * on, grads)  # no discriminator updates before gan_start
+    updates, opt_state = self.disc_tx.update(grads, disc["opt_state"], disc["params"])
+    return {"params": optax.apply_updates(disc["params"], updates), "opt_state": opt_state}, d_loss
+
+  def train_step(self, state: state_lib.TrainState, batch: dict[str, Any], key: jax.Array
+                 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
+    images = vqvae.images_to_float(batch["image"])
+    step = state.step
+    grads, (recon, aux, stats, metrics) = jax.grad(self._loss_fn, has_aux=True)(
+        state.params, state.extra, images, step)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    codebook, quantize_stats, upkeep = vqvae.maintain_codebook(
+        key, step, params["quantize"]["embedding"], stats["quantize"], aux["flat_latents"],
+        aux["squared_error"], self.codebook_settings)
+    params = dict(params, quantize=dict(params["quantize"], embedding=codebook))
+    extra = dict(state.extra, vq_stats=dict(stats, quantize=quantize_stats))
+    metrics = dict(metrics, **upkeep, grad_norm=optax.global_norm(grads))
+    if self.use_gan:
+      extra["disc"], metrics["d_loss"] = self._disc_update(state.extra["disc"], images, recon, step)
+
+    ema = state.ema_params
+    if ema is not None:
+      # Averaging starts with VQ training: the warm-up weights live in another regime.
+      decay = state_lib.ema_decay_at(step, self.config.train.ema_decay,
+                                     self.codebook_settings.warmup_steps)
+      ema = state_lib.ema_update(ema, params, decay)
+      # A code average across restarts is meaningless: the EMA model uses the live codebook.
+      ema = dict(ema, quantize=dict(ema["quantize"], embedding=codebook))
+    return state.replace(step=step + 1, params=params, opt_state=opt_state, ema_params=ema,
+                         extra=extra), metrics
+
+  # -- inference (what the diffusion stage and sampling call) ---------------------------------------
+
+  def reconstruct(self, params, extra, images: jax.Array) -> jax.Array:
+    """uint8 ``[B, H, W, 3]`` -> uint8 reconstructions."""
+    del extra
+    return vqvae.reconstruct(self.model, {"params": params}, images)
+
+  def encode_tokens(self, params, extra, images: jax.Array) -> jax.Array:
+    """uint8 ``[B, H, W, 3]`` -> int32 ``[B, H/f, W/f]``."""
+    del extra
+    return vqvae.encode_tokens(self.model, {"params": params}, images)
+
+  def decode_tokens(self, params, extra, tokens: jax.Array) -> jax.Array:
+    """int ``[B, h, w]`` -> uint8 ``[B, h*f, w*f, 3]``."""
+    del extra
+    return vqvae.decode_tokens(self.model, {"params": params}, tokens)
+
+  def preview_images(self, count: int = 16) -> np.ndarray:
+    """The first ``count`` training images (unshuffled), uint8, cached."""
+    if self._preview_images is None:
+      from vqd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+      it = data_lib.make_pipeline(train_data.make_source(self.config.data), batch_size=count,
+                                  image_size=self.config.data.image_size, seed=0, shuffle=False)
+      self._preview_images = np.asarray(next(it)["image"])
+    return self._preview_images
+
+  def write_previews(self, state, step: int, writer, directory: str) -> None:
+    """Originals (top rows) above their reconstructions (bottom rows), as one PNG grid."""
+    params = state.ema_params if state.ema_params is not None else state.params
+    originals = self.preview_images()
+    recon = np.asarray(jax.jit(self.reconstruct)(params, None, jnp.asarray(originals)))
+    cols = int(np.ceil(np.sqrt(len(originals))))
+    grid = images_lib.image_grid(np.concatenate([originals, recon]), cols=cols)
+    if jax.process_index() == 0:
+      images_lib.save_png(os.path.join(directory, f"recon_{step:07d}.png"), grid, upscale=4)
+      writer.write_image(step, "reconstructions", grid)

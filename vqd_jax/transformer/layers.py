@@ -1,0 +1,143 @@
+"""Building blocks of the denoising transformer: partitioned Dense/LayerNorm/Embed, AdaLN, MLP.
+
+Submodule and parameter names follow the diffusers ``Transformer2DModel`` (vectorized path) so that
+``vqd_jax.interop.state_dict`` converts checkpoints by name. Every parameter carries logical axis
+names (see the project's vocabulary) so sharding is a rule table away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+AxisNames = Sequence[str | None]
+
+# The official VQ-Diffusion code initialises Linear and Embedding weights with N(0, 0.02) and biases
+# with zeros (Text2ImageTransformer._init_weights); we follow it for training from scratch.
+DEFAULT_INIT_STDDEV = 0.02
+# Residual-stream activations: ('activation_batch', 'activation_length', 'activation_embed').
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+
+def dense(features: int, axes: tuple[str | None, str | None], *, name: str, dtype: Dtype,
+          param_dtype: Dtype, use_bias: bool = True,
+          stddev: float = DEFAULT_INIT_STDDEV) -> nn.Dense:
+  """A ``nn.Dense`` whose kernel ``[in, out]`` is named ``axes`` and whose bias is named ``axes[1]``."""
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+
+
+def layer_norm(*, name: str, dtype: Dtype, param_dtype: Dtype, affine: bool = True,
+               epsilon: float = 1e-5) -> nn.LayerNorm:
+  """torch-compatible LayerNorm (two-pass variance, eps 1e-5); statistics in float32."""
+  return nn.LayerNorm(
+      epsilon=epsilon, use_bias=affine, use_scale=affine, dtype=dtype, param_dtype=param_dtype,
+      use_fast_variance=False, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)))
+
+
+def embed(num_embeddings: int, features: int, axes: tuple[str | None, str | None], *, name: str,
+          dtype: Dtype, param_dtype: Dtype, stddev: float = DEFAULT_INIT_STDDEV) -> nn.Embed:
+  """A ``nn.Embed`` table ``[num_embeddings, features]`` named ``axes``.
+
+  Out-of-range indices read as NaN (``jnp.take`` fill mode), which makes a bad timestep or token id
+  visible in the output instead of silently clamping it.
+  """
+  return nn.Embed(
+      num_embeddings, features, dtype=dtype, param_dtype=param_dtype, name=name,
+      embedding_init=nn.with_logical_partitioning(nn.initializers.normal(stddev), axes))
+
+
+def approximate_gelu(x: jax.Array) -> jax.Array:
+  """``x·sigmoid(1.702x)``: the official "GELU2" and diffusers ``ApproximateGELU``."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+class AdaLayerNorm(nn.Module):
+  """LayerNorm (no affine, eps 1e-5) modulated by a learned per-timestep embedding.
+
+  ``AdaLN(h, t) = LN(h)·(1 + scale) + shift`` with ``[scale, shift] = linear(silu(emb[t]))``; the first
+  half of the linear output is the scale (diffusers ``AdaLayerNorm`` with ``chunk_dim=0``).
+  """
+  num_embeddings: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: jax.Array, t: jax.Array) -> jax.Array:
+    """h: [B, N, D]; t: [B] int. Returns [B, N, D]."""
+    width = h.shape[-1]
+    temb = embed(self.num_embeddings, width, ("timestep", "embed"), name="emb",
+                 dtype=self.dtype, param_dtype=self.param_dtype)(t)
+    # The output axis packs [scale, shift]; sharding it would split the two halves, so leave it None.
+    temb = dense(2 * width, ("embed", None), name="linear", dtype=self.dtype,
+                 param_dtype=self.param_dtype)(nn.silu(temb))
+    scale, shift = jnp.split(temb[:, None, :], 2, axis=-1)
+    normed = layer_norm(name="norm", affine=False, dtype=self.dtype,
+                        param_dtype=self.param_dtype)(h)
+    return normed * (1 + scale) + shift
+
+
+class ApproximateGELUProjection(nn.Module):
+  """diffusers ``ApproximateGELU``: ``proj`` (d -> hidden) then ``x·sigmoid(1.702x)``."""
+  hidden: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = dense(self.hidden, ("embed", "mlp"), name="proj", dtype=self.dtype,
+              param_dtype=self.param_dtype)(x)
+    return approximate_gelu(x)
+
+
+class FeedForward(nn.Module):
+  """``net_0`` (Linear d->hidden + approximate GELU) -> dropout (``net_1``) -> ``net_2`` (hidden->d)."""
+  hidden: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    """x: [B, N, D] -> [B, N, D]."""
+    width = x.shape[-1]
+    x = ApproximateGELUProjection(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  name="net_0")(x)
+    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", None))
+    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    return dense(width, ("mlp", "embed"), name="net_2", dtype=self.dtype,
+                 param_dtype=self.param_dtype)(x)
+
+
+class LatentImageEmbedding(nn.Module):
+  """Token embedding plus learned row and column embeddings (diffusers ``ImagePositionalEmbeddings``).
+
+  Token ``n`` in raster order sits at row ``n // width`` and column ``n % width``.
+  """
+  num_embed: int  # K + 1 rows: K codes and the [MASK] token (index K).
+  height: int
+  width: int
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    """tokens: [B, N] int with N = height·width. Returns [B, N, D]."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    emb = embed(self.num_embed, self.features, ("vocab", "embed"), name="emb", **kw)(tokens)
+    rows = embed(self.height, self.features, ("length", "embed"), name="height_emb", **kw)(
+        jnp.arange(self.height))
+    cols = embed(self.width, self.features, ("length", "embed"), name="width_emb", **kw)(
+        jnp.arange(self.width))
+    positions = (rows[:, None, :] + cols[None, :, :]).reshape(self.height * self.width, -1)
+    return emb + positions[None]
