@@ -3,6 +3,7 @@
   python -m vqd_jax.bench sampler [--help]   sampler loop overhead vs the bare denoiser
   python -m vqd_jax.bench train   [--help]   train-step steps/s, tokens/s, FLOP/s and MFU
   python -m vqd_jax.bench memory  [--help]   per-device bytes of a compiled train step on a mesh
+  python -m vqd_jax.bench sample --vs-diffusers [--help]   full pipeline images/s vs diffusers
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ _COMMANDS = {
     "sampler": "vqd_jax.benchmarks.sampler",
     "train": "vqd_jax.benchmarks.train",
     "memory": "vqd_jax.benchmarks.memory",
+    "sample": "vqd_jax.benchmarks.sample_vs_diffusers",
 }
 
 

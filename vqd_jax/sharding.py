@@ -84,6 +84,15 @@ def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
   return tuple(out)
 
 
+def strip_boxes(tree: Any) -> Any:
+  """Replaces ``nn.Partitioned`` boxes by their values, without sharding constraints.
+
+  (``nn.meta.unbox`` applies a constraint, which fails on abstract values outside ``jit``.)
+  """
+  return jax.tree.map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, tree,
+                      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def tree_shardings(abstract_tree: Any, mesh: Mesh, rules) -> Any:
   """NamedShardings for a (possibly LogicallyPartitioned-boxed) abstract pytree; unboxed structure.
 
@@ -91,7 +100,7 @@ def tree_shardings(abstract_tree: Any, mesh: Mesh, rules) -> Any:
   """
   specs = nn.get_partition_spec(abstract_tree)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
-  return nn.meta.unbox(shardings)
+  return strip_boxes(shardings)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -33,10 +33,17 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def quiet_library_logs() -> None:
+  """orbax and grain log every save/read at INFO through absl; keep the console for our progress."""
+  for name in ("absl", "orbax", "grain"):
+    logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  quiet_library_logs()
   from vqd_jax import distributed  # pylint: disable=import-outside-toplevel
   distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from vqd_jax.training import loop  # pylint: disable=import-outside-toplevel

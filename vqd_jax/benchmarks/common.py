@@ -41,7 +41,7 @@ def compiled_step(task, mesh, rules) -> tuple[Any, Any, Any, Any, Any]:
                  in_shardings=(shardings, sharding_lib.batch_sharding(mesh), repl),
                  out_shardings=(shardings, repl))
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          nn.meta.unbox(boxed), shardings)
+                          sharding_lib.strip_boxes(boxed), shardings)
   return step, batch, key, abstract, shardings
 
 

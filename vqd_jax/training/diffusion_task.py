@@ -25,6 +25,7 @@ from vqd_jax import diffusion
 from vqd_jax import images as images_lib
 from vqd_jax import text as text_lib
 from vqd_jax import transformer as transformer_lib
+from vqd_jax.sharding import strip_boxes
 from vqd_jax.training import data as train_data
 from vqd_jax.training import optim as optim_lib
 from vqd_jax.training import state as state_lib
@@ -216,7 +217,7 @@ def load_trained(workdir: str, step: int | None = None, use_ema: bool = True):
   example = {"text_ids": jnp.zeros((b, config.text.max_length), jnp.int32),
              "text_mask": jnp.ones((b, config.text.max_length), bool)}
   boxed = jax.eval_shape(task.init_state, jax.random.key(0), example)
-  state, _ = ckpt.restore(step, nn.meta.unbox(boxed))
+  state, _ = ckpt.restore(step, strip_boxes(boxed))
   ckpt.close()
   params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
   return task, params, step

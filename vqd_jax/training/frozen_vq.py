@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vqd_jax.sharding import strip_boxes
 from vqd_jax.training import checkpoint as ckpt_lib
 
 
@@ -43,7 +44,7 @@ class FrozenVQ:
     task = VQVAETask(config, workdir)
     example = {"image": jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.uint8)}
     boxed = jax.eval_shape(task.init_state, jax.random.key(0), example)
-    state, _ = ckpt.restore(step, nn.meta.unbox(boxed))
+    state, _ = ckpt.restore(step, strip_boxes(boxed))
     ckpt.close()
     params = state.ema_params if state.ema_params is not None else state.params
     return cls(task, params, state.extra)

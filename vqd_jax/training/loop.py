@@ -68,7 +68,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state_shardings = sharding_lib.tree_shardings(boxed_shapes, mesh, rules)
     abstract_state = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        nn.meta.unbox(boxed_shapes), state_shardings)
+        sharding_lib.strip_boxes(boxed_shapes), state_shardings)
 
     start = checkpointer.latest_step()
     if start is None:

@@ -1,0 +1,198 @@
+"""Export of vqd_jax models to the diffusers layout, reloading, and inpainting with the pipeline.
+
+A tiny random "trained run" is built from its pieces (transformer, VQ autoencoder, word tokenizer +
+text encoder, null embedding, process) without training. It is exported, read back by
+``VQDiffusionPipeline.from_pretrained`` (which must sample exactly like the run's own sampler) and,
+in the reference test, by diffusers' ``Transformer2DModel`` / ``VQModel`` / scheduler loaders.
+"""
+
+import json
+import os
+import types
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vqd_jax import convert
+from vqd_jax import diffusion
+from vqd_jax.interop import diffusers_pipeline as layout
+from vqd_jax.interop.export import export_pipeline
+from vqd_jax.pipeline import VQDiffusionPipeline
+from vqd_jax.text import SPECIAL_TOKENS, TextEncoder, WordTokenizer
+from vqd_jax.transformer import Text2ImageTransformer
+from vqd_jax.vqvae import VQAutoencoder
+
+K, T, SIDE, TEXT_LEN, WIDTH = 12, 8, 4, 6, 16
+FIELDS = dict(num_classes=K, height=SIDE, width=SIDE, num_layers=1, num_heads=2, head_dim=8,
+              cross_attention_dim=WIDTH, num_embeds_ada_norm=T, mlp_ratio=4, dropout=0.0)
+PROMPTS = ["red cat", "blue dog"]
+
+
+def _random_params(module, seed, scale, *inputs):
+  """Random normal params shaped like ``module``'s (no LayerNorm at identity, no zero bias).
+
+  Built from ``jax.eval_shape`` with numpy: compiling the modules' own initialisers takes far
+  longer on CPU than the whole test.
+  """
+  shapes = nn.meta.unbox(jax.eval_shape(module.init, jax.random.key(0), *inputs))["params"]
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(scale * rng.normal(size=s.shape), jnp.float32), shapes)
+
+
+@pytest.fixture(scope="module")
+def run():
+  """The pieces of a from-scratch run, as ``export_pipeline`` keyword arguments."""
+  transformer = Text2ImageTransformer(**FIELDS)
+  x = jnp.zeros((1, SIDE * SIDE), jnp.int32)
+  states = jnp.zeros((1, TEXT_LEN, WIDTH))
+  t_params = _random_params(transformer, 0, 0.3, x, jnp.zeros((1,), jnp.int32), states)
+  vq = VQAutoencoder(block_out_channels=(8, 16), layers_per_block=1, down_attention=(False, True),
+                     latent_channels=8, vq_embed_dim=4, num_vq_embeddings=K, norm_num_groups=4)
+  vq_params = _random_params(vq, 1, 0.3, jnp.zeros((1, 8, 8, 3)))
+  tokenizer = WordTokenizer(list(SPECIAL_TOKENS) + ["red", "blue", "cat", "dog"], TEXT_LEN)
+  text = TextEncoder(vocab_size=tokenizer.vocab_size, max_length=TEXT_LEN, width=WIDTH,
+                     num_layers=1, num_heads=2)
+  text_params = _random_params(text, 2, 0.3, jnp.zeros((1, TEXT_LEN), jnp.int32))
+  return dict(transformer_fields=FIELDS, transformer_params=t_params,
+              vq_model=vq, vq_params=vq_params,
+              process=diffusion.MaskAndReplace(K, T), text_kind="vqd_jax", text_encoder=text,
+              text_params=text_params, tokenizer=tokenizer,
+              null_embedding=np.random.default_rng(3).normal(size=(TEXT_LEN, WIDTH)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+  out = tmp_path_factory.mktemp("exported")
+  notes = export_pipeline(out, **run)
+  return out, notes, VQDiffusionPipeline.from_pretrained(out)
+
+
+def _run_sampler(run, key, guidance, truncation):
+  """The run's own sampler (as ``DiffusionTask.generate_tokens`` composes it), from the pieces."""
+  ids, mask = run["tokenizer"](PROMPTS)
+  states = run["text_encoder"].apply({"params": run["text_params"]}, ids, mask)
+  null = jnp.broadcast_to(run["null_embedding"], states.shape)
+  states = jnp.concatenate([null, states])
+  masks = jnp.concatenate([jnp.ones_like(mask), mask])
+  model = Text2ImageTransformer(**FIELDS)
+
+  def denoise(x_t, t):
+    return model.apply({"params": run["transformer_params"]}, x_t, t, states, masks)
+
+  return diffusion.sample(denoise, key, run["process"], batch_size=len(PROMPTS),
+                          num_tokens=SIDE * SIDE, num_steps=T, guidance_scale=guidance,
+                          truncation_rate=truncation)
+
+
+def test_export_reloads_exactly_and_samples_like_the_run(run, exported):
+  out, notes, pipe = exported
+  assert any("vqd_jax-specific" in note for note in notes)
+  with open(os.path.join(out, "model_index.json"), encoding="utf-8") as f:
+    index = json.load(f)
+  assert index["text_encoder"] == [None, None] and index["vqd_jax_text_encoder"][1] == "TextEncoder"
+  for name, ours in (("transformer", run["transformer_params"]), ("vqvae", run["vq_params"]),
+                     ("text_encoder", run["text_params"])):
+    jax.tree.map(np.testing.assert_array_equal, pipe.params[name], ours)
+  np.testing.assert_array_equal(pipe.params["null_embedding"], run["null_embedding"])
+  assert (pipe.text_kind, pipe.num_codes, pipe.num_timesteps) == ("vqd_jax", K, T)
+  tokens = pipe.generate_tokens(PROMPTS, seed=3, num_inference_steps=T, guidance_scale=3.0,
+                                truncation_rate=0.9)
+  expected = jax.jit(lambda key: _run_sampler(run, key, 3.0, 0.9))(jax.random.key(3))
+  np.testing.assert_array_equal(tokens, np.asarray(expected))
+
+
+def test_paper_schedule_round_trips_through_the_scheduler_config(run, tmp_path):
+  process = diffusion.MaskAndReplace(K, T, "paper")
+  with open(tmp_path / "scheduler_config.json", "w", encoding="utf-8") as f:
+    json.dump(layout.scheduler_config(process), f)
+  with open(tmp_path / "scheduler_config.json", encoding="utf-8") as f:
+    assert layout.schedule_from_scheduler_config(json.load(f)) == ("paper", T)
+  assert layout.schedule_from_scheduler_config({"num_train_timesteps": 100}) == ("released", 100)
+  with pytest.raises(ValueError, match="match no vqd_jax schedule"):
+    layout.schedule_from_scheduler_config({"alpha_cum_start": 0.5})
+
+
+def test_inpainting_keeps_unmasked_tokens_and_regenerates_touched_ones(exported):
+  _, _, pipe = exported
+  init_tokens = np.random.default_rng(0).integers(0, K, size=(1, SIDE * SIDE))
+  image = np.round(np.asarray(pipe.decode(init_tokens))[0] * 255).astype(np.uint8)
+  encoded = np.asarray(pipe.encode_image(image))
+  pixel_mask = np.zeros((8, 8), bool)
+  pixel_mask[5, 2] = True  # inside token (row 2, col 1) of the 2x2-pixel patches
+  pixel_mask[0:2, 6:8] = True  # exactly token (0, 3)
+  regenerate = pipe.token_mask(pixel_mask, 2)
+  expected = np.zeros((SIDE, SIDE), bool)
+  expected[2, 1] = expected[0, 3] = True
+  np.testing.assert_array_equal(regenerate, np.broadcast_to(expected.reshape(-1), (2, 16)))
+  tokens = pipe.generate_tokens(PROMPTS, seed=1, guidance_scale=3.0, init_image=image,
+                                inpaint_mask=pixel_mask)
+  np.testing.assert_array_equal(tokens[:, ~expected.reshape(-1)],
+                                np.broadcast_to(encoded, (2, 16))[:, ~expected.reshape(-1)])
+  assert tokens.min() >= 0 and tokens.max() < K
+  with pytest.raises(ValueError, match="needs init_image"):
+    pipe(PROMPTS, inpaint_mask=pixel_mask)
+  assert pipe.sampler_config(8, start_t=3).num_steps == 4  # same step density from t = 3
+  with pytest.raises(ValueError, match="num_inference_steps"):
+    pipe.sampler_config(T + 1)
+
+
+def test_convert_cli_exports_a_run_and_checks_the_folder(run, monkeypatch, tmp_path, capsys):
+  fake_task = types.SimpleNamespace(
+      transformer=Text2ImageTransformer(**FIELDS), process=run["process"],
+      vq=types.SimpleNamespace(task=types.SimpleNamespace(model=run["vq_model"]),
+                               params=run["vq_params"]),
+      text_encoder=run["text_encoder"], tokenizer=run["tokenizer"])
+  params = {"transformer": run["transformer_params"], "text_encoder": run["text_params"],
+            "null_embedding": run["null_embedding"]}
+  calls = []
+
+  def load_trained(workdir, step=None, use_ema=True):
+    calls.append((workdir, step, use_ema))
+    return fake_task, params, 42
+
+  monkeypatch.setattr("vqd_jax.training.diffusion_task.load_trained", load_trained)
+  out = tmp_path / "out"
+  assert convert.main(["export", "--workdir", "runs/x", "--out", str(out), "--no-ema"]) == 0
+  assert calls == [("runs/x", None, False)]
+  assert "vqd_jax-specific" in capsys.readouterr().out
+  assert convert.main(["check", str(out)]) == 0
+  report = capsys.readouterr().out
+  assert "1 layers x 2 heads x 8" in report and "vqd_jax TextEncoder" in report
+  assert "learned (6, 16)" in report
+  for sub in ("export", "check"):
+    with pytest.raises(SystemExit) as exit_info:
+      convert.main([sub, "--help"])
+    assert exit_info.value.code == 0
+
+
+@pytest.mark.reference
+def test_diffusers_loads_the_exported_components(run, exported):
+  torch = pytest.importorskip("torch", reason="loads the export with PyTorch diffusers")
+  diffusers = pytest.importorskip("diffusers", reason="loads the export with diffusers")
+  from diffusers.pipelines.deprecated.vq_diffusion.pipeline_vq_diffusion import (  # pylint: disable=import-outside-toplevel
+      LearnedClassifierFreeSamplingEmbeddings)
+  out, _, pipe = exported
+  transformer = diffusers.Transformer2DModel.from_pretrained(out, subfolder="transformer").eval()
+  rng = np.random.default_rng(0)
+  x_t = rng.integers(0, K + 1, size=(2, SIDE * SIDE))
+  states = rng.normal(size=(2, TEXT_LEN, WIDTH)).astype(np.float32)
+  with torch.no_grad():
+    theirs = transformer(torch.from_numpy(x_t), encoder_hidden_states=torch.from_numpy(states),
+                         timestep=torch.tensor(5)).sample.permute(0, 2, 1).numpy()
+  np.testing.assert_allclose(np.asarray(pipe.denoise_logits(x_t, states, 5)), theirs, atol=1e-4,
+                             rtol=0)
+  vqvae = diffusers.VQModel.from_pretrained(out, subfolder="vqvae").eval()
+  tokens = rng.integers(0, K, size=(2, SIDE * SIDE))
+  with torch.no_grad():
+    codes = vqvae.quantize.get_codebook_entry(torch.from_numpy(tokens), shape=(2, SIDE, SIDE, 4))
+    images = (vqvae.decode(codes, force_not_quantize=True).sample / 2 + 0.5).clamp(0, 1)
+  np.testing.assert_allclose(np.asarray(pipe.decode(tokens)), images.permute(0, 2, 3, 1).numpy(),
+                             atol=1e-3, rtol=0)
+  null = LearnedClassifierFreeSamplingEmbeddings.from_pretrained(
+      out, subfolder="learned_classifier_free_sampling_embeddings")
+  np.testing.assert_array_equal(null.embeddings.detach().numpy(), np.asarray(run["null_embedding"]))
+  scheduler = diffusers.VQDiffusionScheduler.from_pretrained(out, subfolder="scheduler")
+  assert (scheduler.config.num_vec_classes, scheduler.config.num_train_timesteps) == (K + 1, T)

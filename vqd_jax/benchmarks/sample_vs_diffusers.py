@@ -1,0 +1,141 @@
+"""Full text-to-image sampling speed: vqd_jax's pipeline against diffusers' VQDiffusionPipeline.
+
+  python -m vqd_jax.bench sample --vs-diffusers [--steps 10 --batch-size 1 ...]
+
+One random-weight VQ-Diffusion checkpoint (default: VQ-Diffusion-S transformer, 18 layers x 192
+width, 16 heads of 12, K = 4096 codes on a 32x32 token grid, CLIP B/32-sized text encoder of width
+512, ITHQ's VQ decoder to 256x256) is saved in the diffusers layout; diffusers runs it from the
+folder in PyTorch and vqd_jax loads the same folder. Both generate ``--batch-size`` images with the
+same step count, guidance and truncation, timing the whole pipeline: prompt encoding, every step
+and VQ decoding. vqd_jax's first call compiles (reported separately); timings are the best of
+``--repeats`` runs after one warm-up. Prints images/s of each, the ratio and one JSON line.
+
+With fewer steps than T = 100 both run that many network calls (diffusers at t = n-1..0, vqd_jax on
+the exact skip posterior), so the work per step is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+
+PRESETS = {
+    "S": dict(num_layers=18, num_heads=16, head_dim=12, num_codes=4096, token_side=32,
+              text_width=512, text_layers=12, text_heads=8, vq_channels="64,128,256,512",
+              vq_layers_per_block=2),
+    # A quick sanity run: same structure, a few seconds per pipeline.
+    "small": dict(num_layers=4, num_heads=4, head_dim=16, num_codes=1024, token_side=16,
+                  text_width=128, text_layers=2, text_heads=4, vq_channels="32,64,128",
+                  vq_layers_per_block=1),
+}
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m vqd_jax.bench sample", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--vs-diffusers", action="store_true",
+                      help="Compare against diffusers (the only mode; accepted for clarity).")
+  parser.add_argument("--preset", choices=sorted(PRESETS), default="S",
+                      help="Model size; the size flags below override single fields.")
+  for name, kind, what in (
+      ("num-layers", int, "transformer blocks"), ("num-heads", int, "attention heads"),
+      ("head-dim", int, "width per head"), ("num-codes", int, "K, VQ codes"),
+      ("token-side", int, "token grid side (32 -> 1024 tokens)"),
+      ("text-width", int, "CLIP width"), ("text-layers", int, "CLIP layers"),
+      ("text-heads", int, "CLIP heads"),
+      ("vq-channels", str, "VQ block_out_channels, comma-separated (ITHQ: 64,128,256,512)"),
+      ("vq-layers-per-block", int, "VQ resnets per block")):
+    parser.add_argument(f"--{name}", type=kind, default=None, help=f"{what} (default: preset).")
+  parser.add_argument("--steps", type=int, default=10, help="Denoising steps (network calls).")
+  parser.add_argument("--batch-size", type=int, default=1, help="Images per pipeline call.")
+  parser.add_argument("--guidance", type=float, default=5.0,
+                      help="Classifier-free guidance scale (> 1 doubles the transformer batch).")
+  parser.add_argument("--truncation", type=float, default=1.0, help="Truncation rate r.")
+  parser.add_argument("--repeats", type=int, default=1, help="Timed runs after the warm-up.")
+  parser.add_argument("--threads", type=int, default=None,
+                      help="torch intra-op threads (default: torch's own choice, all cores).")
+  parser.add_argument("--skip-diffusers", action="store_true",
+                      help="Time vqd_jax only (e.g. on accelerators without a torch build).")
+  parser.add_argument("--folder", default=None,
+                      help="Where to write the random checkpoint (default: a temporary folder).")
+  args = parser.parse_args(argv)
+  for key, value in PRESETS[args.preset].items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
+  return args
+
+
+def _best(fn, repeats: int) -> float:
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parse(argv)
+  import jax  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from vqd_jax.benchmarks.random_diffusers import RandomPipelineSizes, save_random_pipeline  # pylint: disable=import-outside-toplevel
+  from vqd_jax.pipeline import VQDiffusionPipeline  # pylint: disable=import-outside-toplevel
+
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  sizes = RandomPipelineSizes(
+      num_codes=args.num_codes, token_side=args.token_side, num_layers=args.num_layers,
+      num_heads=args.num_heads, head_dim=args.head_dim, text_width=args.text_width,
+      text_layers=args.text_layers, text_heads=args.text_heads,
+      vq_channels=tuple(int(c) for c in args.vq_channels.split(",")),
+      vq_layers_per_block=args.vq_layers_per_block)
+  folder = args.folder or tempfile.mkdtemp(prefix="vqd_bench_pipeline_")
+  theirs = save_random_pipeline(folder, sizes)
+  ours = VQDiffusionPipeline.from_pretrained(folder)
+  prompts = [["a photo of a cat", "a red dog on the beach", "a small blue square",
+              "the sky"][i % 4] for i in range(args.batch_size)]
+  kwargs = dict(num_inference_steps=args.steps, guidance_scale=args.guidance,
+                truncation_rate=args.truncation)
+  device = jax.devices()[0]
+  print(f"model: {args.num_layers} layers x {args.num_heads * args.head_dim} width "
+        f"({args.num_heads} heads x {args.head_dim}), K={args.num_codes}, "
+        f"{args.token_side}x{args.token_side} tokens, CLIP {args.text_layers}x{args.text_width}, "
+        f"images {sizes.image_side}x{sizes.image_side}; batch {args.batch_size}, {args.steps} "
+        f"steps, guidance {args.guidance}, truncation {args.truncation}; jax on {device.platform}, "
+        f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus")
+
+  start = time.perf_counter()
+  ours(prompts, seed=0, **kwargs)
+  first = time.perf_counter() - start
+  ours_s = _best(lambda: ours(prompts, seed=1, **kwargs), args.repeats)
+  result = {"vqd_jax_s": ours_s, "vqd_jax_images_per_s": args.batch_size / ours_s,
+            "vqd_jax_compile_s": max(first - ours_s, 0.0)}
+  print(f"vqd_jax:   {ours_s:8.2f} s/call  {result['vqd_jax_images_per_s']:.4f} images/s  "
+        f"(compile {result['vqd_jax_compile_s']:.1f} s)")
+  if not args.skip_diffusers:
+    generator = torch.Generator().manual_seed(0)
+
+    def run_diffusers():
+      with torch.no_grad():
+        theirs(prompts, generator=generator, output_type="np", **kwargs)
+
+    run_diffusers()  # warm-up (allocator, kernels)
+    theirs_s = _best(run_diffusers, args.repeats)
+    result.update(diffusers_s=theirs_s, diffusers_images_per_s=args.batch_size / theirs_s,
+                  speedup=theirs_s / ours_s)
+    print(f"diffusers: {theirs_s:8.2f} s/call  {result['diffusers_images_per_s']:.4f} images/s")
+    print(f"vqd_jax is {result['speedup']:.2f}x faster than diffusers")
+  config = {k: getattr(args, k) for k in (
+      "preset", "num_layers", "num_heads", "head_dim", "num_codes", "token_side", "text_width",
+      "text_layers", "vq_channels", "steps", "batch_size", "guidance", "truncation", "repeats")}
+  print(json.dumps({"benchmark": "sample_vs_diffusers", "device": device.device_kind,
+                    "torch_threads": torch.get_num_threads(), "config": config, **result}))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

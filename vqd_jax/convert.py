@@ -1,0 +1,110 @@
+"""Converts between vqd_jax runs and the diffusers VQ-Diffusion layout.
+
+  # A trained vqd_jax diffusion run (+ its VQ autoencoder and null embedding) -> diffusers folder:
+  python -m vqd_jax.convert export --workdir runs/quickstart/diffusion --out exported/
+
+  # Load a diffusers folder (hub checkpoint or an export) and print its components and shapes:
+  python -m vqd_jax.convert check exported/
+
+``export`` writes ``transformer/``, ``vqvae/``, ``scheduler/``,
+``learned_classifier_free_sampling_embeddings/`` (config.json + diffusion_pytorch_model.safetensors
+each) and ``model_index.json``; diffusers loads these with ``Transformer2DModel``, ``VQModel``,
+``VQDiffusionScheduler`` ``.from_pretrained(out, subfolder=...)``. A from-scratch run's word tokenizer
+and small text encoder have no diffusers class: they are written as the vqd_jax-specific
+``vqd_jax_tokenizer/`` and ``vqd_jax_text_encoder/``, which only vqd_jax reads
+(``VQDiffusionPipeline.from_pretrained(out)`` samples with the whole exported run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m vqd_jax.convert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest="command", required=True)
+  export = commands.add_parser(
+      "export", help="Write a trained vqd_jax diffusion run as a diffusers VQ-Diffusion folder.",
+      description="Write a trained vqd_jax diffusion run (transformer, its VQ autoencoder, null "
+                  "embedding, scheduler; text side as vqd_jax-specific files) in the diffusers "
+                  "layout.")
+  export.add_argument("--workdir", required=True,
+                      help="Workdir of a trained diffusion run (python -m vqd_jax.train ...).")
+  export.add_argument("--out", required=True,
+                      help="Output folder for the diffusers layout (created if missing).")
+  export.add_argument("--step", type=int, default=None,
+                      help="Checkpoint step to export (default: the latest).")
+  export.add_argument("--no-ema", action="store_true",
+                      help="Export the raw instead of the EMA parameters.")
+  check = commands.add_parser(
+      "check", help="Load a diffusers VQ-Diffusion folder and print its components and shapes.",
+      description="Load every component of a diffusers VQ-Diffusion folder into vqd_jax and "
+                  "print what it holds.")
+  check.add_argument("path", help="The pipeline folder (the one holding model_index.json).")
+  return parser
+
+
+def export_run(workdir: str, out: str, step: int | None = None, use_ema: bool = True
+               ) -> tuple[int, list[str]]:
+  """Exports a trained run; returns ``(checkpoint step, notes)``."""
+  from vqd_jax.pipeline import VQDiffusionPipeline  # pylint: disable=import-outside-toplevel
+  pipe = VQDiffusionPipeline.from_run(workdir, step=step, use_ema=use_ema)
+  return pipe.checkpoint_step, pipe.save_pretrained(out)
+
+
+def _summary(tree) -> str:
+  import jax  # pylint: disable=import-outside-toplevel
+  leaves = jax.tree_util.tree_leaves(tree)
+  count = sum(math.prod(x.shape) for x in leaves)
+  return f"{len(leaves)} tensors, {count:,} parameters"
+
+
+def check(path: str) -> list[str]:
+  """Loads ``path`` with vqd_jax; returns the report lines."""
+  import flax.traverse_util  # pylint: disable=import-outside-toplevel
+  from vqd_jax.interop import diffusers_pipeline as layout  # pylint: disable=import-outside-toplevel
+
+  index = layout.read_model_index(path)
+  lines = [f"{path}: {index.get('_class_name', '?')} (diffusers {index.get('_diffusers_version', '?')})"]
+  for name, entry in sorted((k, v) for k, v in index.items() if not k.startswith("_")):
+    lines.append(f"  {name:<46} {entry[0]}.{entry[1]}" if layout.listed(index, name)
+                 else f"  {name:<46} (none)")
+  c = layout.load_pipeline_components(path)
+  f = c.transformer_fields
+  lines.append(f"transformer: {f['num_layers']} layers x {f['num_heads']} heads x {f['head_dim']} "
+               f"(width {f['num_heads'] * f['head_dim']}), K = {f['num_classes']} codes, "
+               f"{f['height']}x{f['width']} tokens, text width {f['cross_attention_dim']}; "
+               + _summary(c.transformer_params))
+  flat = flax.traverse_util.flatten_dict(c.transformer_params, sep="/")
+  for key in sorted(flat)[:6]:
+    lines.append(f"    {key}: {tuple(flat[key].shape)}")
+  v = c.vq_model
+  lines.append(f"vqvae: channels {tuple(v.block_out_channels)}, {v.num_vq_embeddings} codes x "
+               f"{v.vq_embed_dim}, downsampling x{v.downsample_factor}; " + _summary(c.vq_params))
+  text_what = ("CLIP " + f"{c.text_encoder.config.num_hidden_layers} layers x "
+               f"{c.text_encoder.config.hidden_size}" if c.text_kind == "clip" else
+               "vqd_jax TextEncoder (vqd_jax-specific; diffusers cannot load it)")
+  lines.append(f"text encoder: {text_what}; " + _summary(c.text_params))
+  lines.append(f"scheduler: T = {c.process.num_timesteps}, schedule {c.process.schedule!r}")
+  lines.append("null embedding: " + ("none (CLIP(\"\") normalised)" if c.null_embedding is None
+                                     else f"learned {tuple(c.null_embedding.shape)}"))
+  return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  if args.command == "export":
+    step, notes = export_run(args.workdir, args.out, args.step, use_ema=not args.no_ema)
+    print(f"Exported step {step} of {args.workdir} to {args.out} (diffusers layout).")
+    for note in notes:
+      print(f"Note: {note}")
+    return 0
+  print("\n".join(check(args.path)))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
