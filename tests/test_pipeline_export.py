@@ -13,6 +13,7 @@ import types
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -117,8 +118,7 @@ def test_paper_schedule_round_trips_through_the_scheduler_config(run, tmp_path):
 
 def test_inpainting_keeps_unmasked_tokens_and_regenerates_touched_ones(exported):
   _, _, pipe = exported
-  init_tokens = np.random.default_rng(0).integers(0, K, size=(1, SIDE * SIDE))
-  image = np.round(np.asarray(pipe.decode(init_tokens))[0] * 255).astype(np.uint8)
+  image = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
   encoded = np.asarray(pipe.encode_image(image))
   pixel_mask = np.zeros((8, 8), bool)
   pixel_mask[5, 2] = True  # inside token (row 2, col 1) of the 2x2-pixel patches
@@ -144,7 +144,8 @@ def test_convert_cli_exports_a_run_and_checks_the_folder(run, monkeypatch, tmp_p
       transformer=Text2ImageTransformer(**FIELDS), process=run["process"],
       vq=types.SimpleNamespace(task=types.SimpleNamespace(model=run["vq_model"]),
                                params=run["vq_params"]),
-      text_encoder=run["text_encoder"], tokenizer=run["tokenizer"])
+      text_encoder=run["text_encoder"], tokenizer=run["tokenizer"],
+      config=ml_collections.ConfigDict({"sampling": {"num_steps": 4, "guidance_scale": 2.0}}))
   params = {"transformer": run["transformer_params"], "text_encoder": run["text_params"],
             "null_embedding": run["null_embedding"]}
   calls = []
@@ -172,8 +173,8 @@ def test_convert_cli_exports_a_run_and_checks_the_folder(run, monkeypatch, tmp_p
 def test_diffusers_loads_the_exported_components(run, exported):
   torch = pytest.importorskip("torch", reason="loads the export with PyTorch diffusers")
   diffusers = pytest.importorskip("diffusers", reason="loads the export with diffusers")
-  from diffusers.pipelines.deprecated.vq_diffusion.pipeline_vq_diffusion import (  # pylint: disable=import-outside-toplevel
-      LearnedClassifierFreeSamplingEmbeddings)
+  deprecated = pytest.importorskip("diffusers.pipelines.deprecated.vq_diffusion.pipeline_vq_diffusion",
+                                   reason="diffusers' VQ-Diffusion null-embedding class")
   out, _, pipe = exported
   transformer = diffusers.Transformer2DModel.from_pretrained(out, subfolder="transformer").eval()
   rng = np.random.default_rng(0)
@@ -191,8 +192,35 @@ def test_diffusers_loads_the_exported_components(run, exported):
     images = (vqvae.decode(codes, force_not_quantize=True).sample / 2 + 0.5).clamp(0, 1)
   np.testing.assert_allclose(np.asarray(pipe.decode(tokens)), images.permute(0, 2, 3, 1).numpy(),
                              atol=1e-3, rtol=0)
-  null = LearnedClassifierFreeSamplingEmbeddings.from_pretrained(
+  null = deprecated.LearnedClassifierFreeSamplingEmbeddings.from_pretrained(
       out, subfolder="learned_classifier_free_sampling_embeddings")
   np.testing.assert_array_equal(null.embeddings.detach().numpy(), np.asarray(run["null_embedding"]))
   scheduler = diffusers.VQDiffusionScheduler.from_pretrained(out, subfolder="scheduler")
   assert (scheduler.config.num_vec_classes, scheduler.config.num_train_timesteps) == (K + 1, T)
+
+
+def test_sample_cli_inpaints_with_a_pretrained_folder(exported, tmp_path):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from vqd_jax import sample  # pylint: disable=import-outside-toplevel
+  out, _, pipe = exported
+  image = np.random.default_rng(5).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+  mask = np.zeros((8, 8), np.uint8)
+  mask[:2, :2] = 255  # token (0, 0) only
+  Image.fromarray(image).save(tmp_path / "init.png")
+  Image.fromarray(mask).save(tmp_path / "mask.png")
+  samples = tmp_path / "samples"
+  assert sample.main(["--pretrained", str(out), "--prompt", "red cat", "--num-samples", "2",
+                      "--steps", "2", "--guidance", "1", "--init-image", str(tmp_path / "init.png"),
+                      "--mask", str(tmp_path / "mask.png"), "--out", str(samples)]) == 0
+  with open(samples / "samples.jsonl", encoding="utf-8") as f:
+    records = [json.loads(line) for line in f]
+  assert [r["file"] for r in records] == ["00000.png", "00001.png"]
+  assert records[0]["num_steps"] == 2 and records[0]["pretrained"] == str(out)
+  # Brute force: the written image must be the decode of the init image's codes with only token
+  # (0, 0) changed, for one of the K values it can take.
+  candidates = np.repeat(np.asarray(pipe.encode_image(image)), K, axis=0)
+  candidates[:, 0] = np.arange(K)
+  decoded = np.round(np.asarray(pipe.decode(candidates)) * 255).astype(int)
+  for r in records:
+    written = np.asarray(Image.open(samples / r["file"]).convert("RGB")).astype(int)
+    assert np.abs(decoded - written).reshape(K, -1).max(axis=1).min() <= 1

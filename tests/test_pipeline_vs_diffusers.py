@@ -209,3 +209,34 @@ def test_missing_component_or_file_is_a_clear_error(folder, tmp_path):
     VQDiffusionPipeline.from_pretrained(broken)
   with pytest.raises(FileNotFoundError, match="does not exist"):
     VQDiffusionPipeline.from_pretrained(tmp_path / "nowhere")
+
+
+def test_save_pretrained_writes_the_same_checkpoint(folder, pipes, tmp_path):
+  import transformers  # pylint: disable=import-outside-toplevel
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  directory, theirs = folder
+  _, ours = pipes
+  assert ours.save_pretrained(tmp_path) == []  # a CLIP checkpoint: diffusers can load all of it
+  for component, weights in (("transformer", "diffusion_pytorch_model"),
+                             ("vqvae", "diffusion_pytorch_model"), ("text_encoder", "model"),
+                             (NULL, "diffusion_pytorch_model")):
+    original = load_file(directory / component / f"{weights}.safetensors")
+    written = load_file(tmp_path / component / f"{weights}.safetensors")
+    if component == "text_encoder":  # transformers 5 saves without the hub's "text_model." prefix
+      original = {k if k.startswith("text_model.") else f"text_model.{k}": v
+                  for k, v in original.items()}
+      original.pop("text_model.embeddings.position_ids", None)
+    assert set(written) == set(original), component
+    for key, value in original.items():
+      np.testing.assert_array_equal(written[key], value, err_msg=f"{component}: {key}")
+  reloaded = transformers.CLIPTextModel.from_pretrained(tmp_path / "text_encoder").eval()
+  ids = torch.tensor(theirs.tokenizer(PROMPTS, padding="max_length", max_length=77).input_ids)
+  with torch.no_grad():
+    np.testing.assert_array_equal(reloaded(ids).last_hidden_state.numpy(),
+                                  theirs.text_encoder(ids).last_hidden_state.numpy())
+  tokenizer = transformers.CLIPTokenizer.from_pretrained(tmp_path / "tokenizer")
+  assert tokenizer(PROMPTS).input_ids == theirs.tokenizer(PROMPTS).input_ids
+  assert tokenizer.pad_token_id == 0
+  with open(tmp_path / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
+    assert {k: v for k, v in json.load(f).items() if not k.startswith("_")} == {
+        k: v for k, v in theirs.scheduler.config.items() if not k.startswith("_")}

@@ -7,7 +7,9 @@ example do. Changing parallelism is a config change, never a model change.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -15,17 +17,20 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+log = logging.getLogger(__name__)
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Batch over every data-like axis (replicating it over fsdp is a classic mistake); weights sharded
-# over fsdp on their model-width axis and over tensor on heads/MLP/vocab.
+# over fsdp on their model-width axis (the text width too: the cross-attention K/V kernels are a
+# large share of the denoiser) and over tensor on heads/MLP/vocab.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),
     ("activation_embed", None),
     ("embed", "fsdp"),
-    ("text_embed", None),
+    ("text_embed", "fsdp"),
     ("heads", "tensor"),
     ("kv", None),
     ("mlp", "tensor"),
@@ -93,14 +98,73 @@ def strip_boxes(tree: Any) -> Any:
                       is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
+def _mesh_axes_size(mesh_shape: Mapping[str, int], axes: Any) -> int:
+  """Number of shards along one array dimension mapped to ``axes`` (a name, names or None)."""
+  if axes is None:
+    return 1
+  names = (axes,) if isinstance(axes, str) else tuple(axes)
+  return math.prod(mesh_shape[a] for a in names)
+
+
+def leaf_partition_spec(leaf: Any, mesh_shape: Mapping[str, int], rules) -> tuple[P, list[str]]:
+  """Mesh PartitionSpec of one (possibly boxed) leaf, and notes on the dimensions left unsharded.
+
+  ``mesh_shape`` maps mesh axis names to sizes (``mesh.shape``). A dimension whose size its mesh
+  axes do not divide is replicated instead: ``jit`` rejects such shardings, and the arrays concerned
+  (e.g. the K+1-row token embedding over ``tensor``) are small enough not to need padding.
+  """
+  if isinstance(leaf, nn.LogicallyPartitioned):
+    axes = list(nn.logical_to_mesh_axes(leaf.names, rules))
+    names = leaf.names
+  elif isinstance(leaf, nn.Partitioned):
+    axes, names = list(leaf.names), leaf.names
+  else:
+    return P(), []
+  shape = leaf.value.shape
+  notes = []
+  for dim, mesh_axes in enumerate(axes):
+    shards = _mesh_axes_size(mesh_shape, mesh_axes)
+    if shards > 1 and shape[dim] % shards:
+      notes.append(f"{names[dim]}={shape[dim]} not divisible by {mesh_axes}={shards}")
+      axes[dim] = None
+  return P(*axes), notes
+
+
 def tree_shardings(abstract_tree: Any, mesh: Mesh, rules) -> Any:
   """NamedShardings for a (possibly LogicallyPartitioned-boxed) abstract pytree; unboxed structure.
 
-  Leaves without logical names are replicated.
+  Leaves without logical names are replicated, and so is any dimension whose size is not divisible
+  by its mesh axes (logged once per call, naming the parameters).
   """
-  specs = nn.get_partition_spec(abstract_tree)
-  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
-  return strip_boxes(shardings)
+  fallbacks = []
+
+  def one(path, leaf):
+    spec, notes = leaf_partition_spec(leaf, mesh.shape, rules)
+    if notes:
+      fallbacks.append(f"{jax.tree_util.keystr(path)} ({'; '.join(notes)})")
+    return NamedSharding(mesh, spec)
+
+  shardings = jax.tree_util.tree_map_with_path(
+      one, abstract_tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+  if fallbacks:
+    log.info("Replicating %d array dimension(s) that the mesh does not divide: %s",
+             len(fallbacks), ", ".join(fallbacks))
+  return shardings
+
+
+def bytes_per_device(tree: Any) -> tuple[int, int, int]:
+  """``(bytes on the most loaded device, total bytes, fully replicated bytes)`` of array leaves.
+
+  Works on concrete arrays and on ShapeDtypeStructs that carry a sharding.
+  """
+  per_device, total, fully_replicated = 0, 0, 0
+  for leaf in jax.tree.leaves(tree):
+    nbytes = math.prod(leaf.shape) * leaf.dtype.itemsize
+    shard = math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+    total += nbytes
+    per_device += shard
+    fully_replicated += nbytes if shard == nbytes else 0
+  return per_device, total, fully_replicated
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -113,7 +177,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Per-host numpy batch -> global arrays sharded over the batch axes (multi-host aware)."""
+  """Per-host numpy batch -> global arrays sharded over the batch axes (multi-host aware).
+
+  Host ``h`` of ``P`` holds rows ``[h*B/P, (h+1)*B/P)`` of the global batch of ``B`` rows.
+  """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  shards = _mesh_axes_size(mesh.shape, ("data", "fsdp"))
+  out = {}
+  for k, v in local_batch.items():
+    v = np.asarray(v)
+    rows = v.shape[0] * jax.process_count()
+    if rows % shards:
+      raise ValueError(f"The global batch of {rows} rows cannot be split over the mesh's "
+                       f"data x fsdp = {shards} shards; make train.batch_size a multiple of "
+                       f"{shards}.")
+    out[k] = jax.make_array_from_process_local_data(sharding, v)
+  return out

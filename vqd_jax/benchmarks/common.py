@@ -8,6 +8,17 @@ from typing import Any
 
 import ml_collections
 
+# The untrained autoencoder a diffusion benchmark gets, by image size: the quickstart one for the
+# small shapes images, the ITHQ architecture (8x downsampling, 4096 codes) for 256x256 presets.
+DEFAULT_VQVAE_CONFIGS = {32: "configs/vqvae.py:shapes", 256: "configs/vqvae.py:ithq"}
+
+
+def default_vqvae_config(image_size: int) -> str:
+  if image_size not in DEFAULT_VQVAE_CONFIGS:
+    raise ValueError(f"No default autoencoder for {image_size}px images; pass --vqvae-config "
+                     f"(one of {sorted(DEFAULT_VQVAE_CONFIGS.values())} or your own).")
+  return DEFAULT_VQVAE_CONFIGS[image_size]
+
 
 def prepare_task(config: ml_collections.ConfigDict, vqvae_config: str | None):
   """The task for ``config``; a diffusion config without a trained autoencoder gets an untrained
@@ -17,7 +28,7 @@ def prepare_task(config: ml_collections.ConfigDict, vqvae_config: str | None):
   if config.stage == "diffusion" and not config.get("vqvae_workdir"):
     from vqd_jax import configs_io  # pylint: disable=import-outside-toplevel
     from vqd_jax.training import frozen_vq  # pylint: disable=import-outside-toplevel
-    vq_cfg = configs_io.load_config(vqvae_config or "configs/vqvae.py:shapes")
+    vq_cfg = configs_io.load_config(vqvae_config or default_vqvae_config(config.data.image_size))
     vq_dir = os.path.join(workdir, "vqvae")
     frozen_vq.save_untrained(vq_dir, vq_cfg)
     with config.unlocked():
@@ -25,9 +36,8 @@ def prepare_task(config: ml_collections.ConfigDict, vqvae_config: str | None):
   return tasks.make_task(config, os.path.join(workdir, config.stage))
 
 
-def compiled_step(task, mesh, rules) -> tuple[Any, Any, Any, Any, Any]:
-  """``(jitted_step, batch, key, abstract_state, state_shardings)`` for ``task`` on ``mesh``."""
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+def abstract_state(task, mesh, rules) -> tuple[Any, Any, Any, Any]:
+  """``(batch, key, abstract_state, state_shardings)``: the sharded state's shapes, never built."""
   import jax  # pylint: disable=import-outside-toplevel
   from vqd_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
 
@@ -36,12 +46,21 @@ def compiled_step(task, mesh, rules) -> tuple[Any, Any, Any, Any, Any]:
   key = jax.random.key(0)
   boxed = jax.eval_shape(task.init_state, key, batch)
   shardings = sharding_lib.tree_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          sharding_lib.strip_boxes(boxed), shardings)
+  return batch, key, abstract, shardings
+
+
+def compiled_step(task, mesh, rules) -> tuple[Any, Any, Any, Any, Any]:
+  """``(jitted_step, batch, key, abstract_state, state_shardings)`` for ``task`` on ``mesh``."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from vqd_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
+
+  batch, key, abstract, shardings = abstract_state(task, mesh, rules)
   repl = sharding_lib.replicated(mesh)
   step = jax.jit(task.train_step, donate_argnums=(0,),
                  in_shardings=(shardings, sharding_lib.batch_sharding(mesh), repl),
                  out_shardings=(shardings, repl))
-  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          sharding_lib.strip_boxes(boxed), shardings)
   return step, batch, key, abstract, shardings
 
 

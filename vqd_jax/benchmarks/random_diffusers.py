@@ -88,11 +88,13 @@ def tiny_clip_vocabulary(words: Sequence[str] = TOKENIZER_WORDS) -> tuple[dict[s
 
 def build_random_pipeline(sizes: RandomPipelineSizes = RandomPipelineSizes(), seed: int = 0):
   """A ``diffusers`` ``VQDiffusionPipeline`` with random weights (eval mode, float32, CPU)."""
-  import torch  # pylint: disable=import-outside-toplevel
-  import transformers  # pylint: disable=import-outside-toplevel
-  from diffusers import Transformer2DModel, VQDiffusionPipeline, VQDiffusionScheduler, VQModel  # pylint: disable=import-outside-toplevel
-  from diffusers.pipelines.deprecated.vq_diffusion.pipeline_vq_diffusion import (  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import torch
+  import transformers
+  from diffusers import Transformer2DModel, VQDiffusionPipeline, VQDiffusionScheduler, VQModel
+  from diffusers.pipelines.deprecated.vq_diffusion.pipeline_vq_diffusion import (
       LearnedClassifierFreeSamplingEmbeddings)
+  # pylint: enable=import-outside-toplevel
 
   torch.manual_seed(seed)
   vocab, merges = tiny_clip_vocabulary()

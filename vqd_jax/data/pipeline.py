@@ -1,13 +1,14 @@
 """grain pipelines: random-access source -> shuffled, host-sliced, decoded, batched iterator.
 
   source -> shuffle(seed) -> repeat(num_epochs) -> map(decode, per-index rng)
-         -> [process_index::process_count] -> iterator (skips unusable records) -> batch
+         -> this host's rows of each global batch -> iterator (skips unusable records) -> batch
 
 Every random choice (order, crop, flip, which caption) is a pure function of ``(seed, index)``, so
 the stream does not depend on timing or worker count, and ``iterator.get_state()`` (a small
 JSON-able dict such as ``{"next_index": 1234}``; with worker processes a larger dict of the same
 kind) restores exactly the same next batches. Augmentation is drawn from the global index (before
-the host slice), so the global stream is the same for any number of processes.
+the host slice), so the global stream is the same for any number of processes; host ``h`` of ``P``
+reads rows ``[h*B/P, (h+1)*B/P)`` of each global batch, so the assembled global batches are too.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ def make_pipeline(source, *, batch_size: int, image_size: int, seed: int, shuffl
     random_flip: horizontal flip with probability 1/2; "left"/"right" in the caption are swapped
       with it, so spatial captions stay true.
     tokenize: ``caption -> (ids [L], mask [L])``; adds ``text_ids`` int32 and ``text_mask`` bool.
-    process_index, process_count: this host's slice of the global stream.
+    process_index, process_count: this host's slice of the global stream: rows
+      ``[process_index * batch_size, (process_index + 1) * batch_size)`` of every global batch of
+      ``process_count * batch_size`` examples.
     num_epochs: passes over the source; None repeats forever.
     worker_count: grain worker processes for decoding (0: decode in this process's threads).
     read_threads: threads prefetching decoded examples in this process.
@@ -130,7 +133,9 @@ def make_pipeline(source, *, batch_size: int, image_size: int, seed: int, shuffl
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
   ds = ds.map_with_index(fn)
-  ds = ds[process_index::process_count]
+  if process_count > 1:
+    from vqd_jax.data.host_rows import HostRowsMapDataset  # pylint: disable=import-outside-toplevel
+    ds = HostRowsMapDataset(ds, batch_size, process_index, process_count)
   # Unusable records are None; the iterator skips them. A window of 1000 all skipped is an error.
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                prefetch_buffer_size=max(2 * batch_size, 16)))

@@ -175,7 +175,8 @@ def _load_text_side(root: str, index: dict[str, Any], dtype: Any):
   if not listed(index, "tokenizer") or not os.path.isdir(tok_dir):
     raise FileNotFoundError(f"Component 'tokenizer' is missing from {root!r} (model_index.json "
                             "and a tokenizer/ folder with vocab.json + merges.txt are needed).")
-  tokenizer = CLIPTokenizerWrapper.from_pretrained(tok_dir, max_length=module.config.max_position_embeddings)
+  tokenizer = CLIPTokenizerWrapper.from_pretrained(
+      tok_dir, max_length=module.config.max_position_embeddings)
   return "clip", module, params, tokenizer
 
 

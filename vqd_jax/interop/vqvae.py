@@ -82,7 +82,8 @@ def params_from_diffusers(state_dict: Mapping[str, np.ndarray], template: Mappin
     state_dict: torch key -> array, e.g. from :func:`vqd_jax.interop.state_dict.load_state_dict`.
     template: the model's (unboxed) params or their ``jax.eval_shape``.
   """
-  return sd_lib.state_dict_to_params(state_dict, template, rules=LEGACY_ATTENTION_RULES + CODEBOOK_RULES,
+  return sd_lib.state_dict_to_params(state_dict, template,
+                                     rules=LEGACY_ATTENTION_RULES + CODEBOOK_RULES,
                                      what="diffusers VQModel checkpoint")
 
 

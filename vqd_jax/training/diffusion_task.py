@@ -34,6 +34,16 @@ from vqd_jax.training import frozen_vq as frozen_vq_lib
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
+# config.model.dtype: the compute dtype of the denoiser and the text encoder. Parameters, gradients,
+# optimizer state and EMA stay float32 (master weights); log-probabilities and losses are float32.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(model_config: ml_collections.ConfigDict):
+  name = model_config.get("dtype", "float32")
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"config.model.dtype must be one of {list(COMPUTE_DTYPES)}, got {name!r}.")
+  return COMPUTE_DTYPES[name]
 
 
 def fit_or_load_tokenizer(config: ml_collections.ConfigDict, workdir: str
@@ -47,8 +57,11 @@ def fit_or_load_tokenizer(config: ml_collections.ConfigDict, workdir: str
   tokenizer = text_lib.WordTokenizer.fit(data_lib.iter_captions(source),
                                          max_length=config.text.max_length)
   if jax.process_index() == 0:
+    # Written under another name and renamed: other hosts may be checking for the file right now
+    # and must never read it half-written (each fits the same tokenizer when it is absent).
     os.makedirs(workdir, exist_ok=True)
-    tokenizer.save(path)
+    tokenizer.save(path + ".tmp")
+    os.replace(path + ".tmp", path)
   return tokenizer
 
 
@@ -66,15 +79,17 @@ class DiffusionTask:
     self.process = diffusion.MaskAndReplace(num_classes=self.vq.num_codes,
                                             num_timesteps=dcfg.num_timesteps,
                                             schedule=dcfg.schedule)
+    dtype = compute_dtype(config.model)
+    model_fields = {k: v for k, v in config.model.items() if k != "dtype"}
     self.transformer = transformer_lib.Text2ImageTransformer(
         num_classes=self.vq.num_codes, height=grid_h, width=grid_w,
         num_embeds_ada_norm=dcfg.num_timesteps, cross_attention_dim=config.text.width,
-        **config.model)
+        dtype=dtype, **model_fields)
     self.text_encoder = text_lib.TextEncoder(vocab_size=self.tokenizer.vocab_size,
                                              max_length=config.text.max_length,
                                              width=config.text.width,
                                              num_layers=config.text.num_layers,
-                                             num_heads=config.text.num_heads)
+                                             num_heads=config.text.num_heads, dtype=dtype)
     self.tx = optim_lib.make_optimizer(config.optim, config.train.num_steps)
 
   # -- data ---------------------------------------------------------------------------------------
@@ -98,7 +113,10 @@ class DiffusionTask:
   # -- state --------------------------------------------------------------------------------------
 
   def init_state(self, key: jax.Array, batch: dict[str, jax.Array]) -> state_lib.TrainState:
-    k_tr, k_te, k_null = jax.random.split(key, 3)
+    # XLA's CPU backend compiles every threefry draw slowly; one draw seeding an 'rbg' key makes
+    # parameter init compile several times faster and stays deterministic.
+    seed = jax.random.randint(key, (), 0, jnp.iinfo(jnp.int32).max)
+    k_tr, k_te, k_null = jax.random.split(jax.random.key(seed, impl="rbg"), 3)
     b = batch["text_ids"].shape[0]
     x = jnp.zeros((b, self.num_tokens), jnp.int32)
     t = jnp.zeros((b,), jnp.int32)

@@ -9,6 +9,13 @@ initialised from encoder outputs and VQ training starts; dead codes are restarte
 discriminator joins at ``loss.gan_start``. State: ``params`` (autoencoder), ``extra["vq_stats"]``
 (quantizer statistics), ``extra["disc"]`` (discriminator params and optimizer state, with a GAN) and
 ``extra["lpips"]`` (frozen perceptual weights, with a perceptual loss).
+
+Config (see ``configs/vqvae.py``): ``model`` (VQAutoencoder fields + dtype), ``loss`` (recon 'l1'|'l2',
+commitment_beta, codebook_ema, codebook_ema_decay, usage_decay, dead_code_threshold, warmup_steps,
+kmeans_iterations, gan_weight (0 = off), gan_start, disc {base_channels, num_layers, norm_num_groups,
+lr, b1, b2}, perceptual_weight (0 = off), lpips_weights (comma-separated local files)), ``optim``
+(:func:`vqd_jax.training.optim.make_optimizer`), ``train`` (num_steps, batch_size, ema_decay) and
+``data``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from vqd_jax.training import state as state_lib
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _MODEL_FIELDS = ("block_out_channels", "layers_per_block", "down_attention", "up_attention",
                  "mid_block_attention", "latent_channels", "vq_embed_dim", "num_vq_embeddings",
-                 "norm_num_groups")
+                 "norm_num_groups", "patch_size")
 
 
 def model_from_config(config: ml_collections.ConfigDict) -> vqvae.VQAutoencoder:
@@ -72,11 +79,17 @@ class VQVAETask:
                                            norm_num_groups=d.get("norm_num_groups", 32))
       self.disc_tx = optax.adam(d.lr, b1=d.get("b1", 0.5), b2=d.get("b2", 0.9))
     paths = [p for p in str(loss.get("lpips_weights", "") or "").split(",") if p.strip()]
-    self.use_lpips = bool(paths) and float(loss.get("perceptual_weight", 0.0)) > 0
-    if self.use_lpips:
-      self.lpips = vqvae.LPIPS()
-      self._lpips_params = vqvae.load_lpips_params(*[p.strip() for p in paths])
+    self.use_lpips = float(loss.get("perceptual_weight", 0.0)) > 0
+    if self.use_lpips and not paths:
+      raise ValueError("loss.perceptual_weight > 0 needs loss.lpips_weights: local LPIPS weight "
+                       "file(s), comma-separated (VGG16 trunk + LPIPS heads; nothing is downloaded). "
+                       "Set perceptual_weight=0 to train without the perceptual loss.")
+    self._lpips_paths = [p.strip() for p in paths]
+    # Read in init_state, not here: building the task for token encode/decode needs no files.
+    self._lpips_params = None
+    self.lpips = vqvae.LPIPS()
     self._preview_images = None
+    self._reconstruct_jit = jax.jit(self.reconstruct)
 
   # -- shape facts used by the diffusion stage ----------------------------------------------------
 
@@ -95,7 +108,11 @@ class VQVAETask:
   # -- state --------------------------------------------------------------------------------------
 
   def init_state(self, key: jax.Array, batch: dict[str, Any]) -> state_lib.TrainState:
-    k_model, k_disc = jax.random.split(key)
+    # Flax derives one key per parameter by threefry hashing, and XLA's CPU backend compiles each
+    # threefry slowly (~40 s for a tiny autoencoder). Initialising from an 'rbg' key (one threefry
+    # draw to seed it) compiles 4x faster and is just as deterministic.
+    seed = jax.random.randint(key, (), 0, jnp.iinfo(jnp.int32).max)
+    k_model, k_disc = jax.random.split(jax.random.key(seed, impl="rbg"))
     images = vqvae.images_to_float(jnp.asarray(batch["image"]))
     variables = self.model.init(k_model, images, train=True)
     params = variables["params"]
@@ -104,6 +121,8 @@ class VQVAETask:
       disc_params = self.disc.init(k_disc, images)["params"]
       extra["disc"] = {"params": disc_params, "opt_state": self.disc_tx.init(disc_params)}
     if self.use_lpips:
+      if self._lpips_params is None:
+        self._lpips_params = vqvae.load_lpips_params(*self._lpips_paths)
       extra["lpips"] = self._lpips_params
     ema = params if self.config.train.get("ema_decay", 0.0) > 0 else None
     return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -153,8 +172,10 @@ class VQVAETask:
       return vqvae.generator_loss(self.disc.apply({"params": disc_params}, r))
 
     fixed = jax.lax.stop_gradient(recon)
-    nll_grad = jax.grad(lambda r: self._nll(r, images, extra.get("lpips"))[0])(fixed)
-    g_grad = jax.grad(g_of)(fixed)
+    # conv_out sees patches (p > 1): move the pixel-space gradients there (a pure permutation).
+    nll_grad = self.model.to_patches(
+        jax.grad(lambda r: self._nll(r, images, extra.get("lpips"))[0])(fixed))
+    g_grad = self.model.to_patches(jax.grad(g_of)(fixed))
     kernel = jax.lax.stop_gradient(params["decoder"]["conv_out"]["kernel"])
     feats = jax.lax.stop_gradient(features)
     adaptive = vqvae.adaptive_gan_weight(vqvae.last_layer_grad_norm(feats, kernel, nll_grad),
@@ -233,7 +254,7 @@ class VQVAETask:
     """Originals (top rows) above their reconstructions (bottom rows), as one PNG grid."""
     params = state.ema_params if state.ema_params is not None else state.params
     originals = self.preview_images()
-    recon = np.asarray(jax.jit(self.reconstruct)(params, None, jnp.asarray(originals)))
+    recon = np.asarray(self._reconstruct_jit(params, None, jnp.asarray(originals)))
     cols = int(np.ceil(np.sqrt(len(originals))))
     grid = images_lib.image_grid(np.concatenate([originals, recon]), cols=cols)
     if jax.process_index() == 0:

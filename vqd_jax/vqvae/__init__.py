@@ -1,4 +1,4 @@
-"""The VQ autoencoder: images <-> discrete tokens (VQ-VAE / VQGAN), with its losses and codebook upkeep.
+"""The VQ autoencoder: images <-> discrete tokens (VQ-VAE / VQGAN), its losses and codebook upkeep.
 
 Pure Flax modules and functions; the trainer is :mod:`vqd_jax.training.vqvae_task`.
 
