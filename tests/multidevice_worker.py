@@ -68,7 +68,7 @@ def _inspect(config, workdir):
   mesh = sharding.make_mesh(dict(config.mesh))
   rules = sharding.rules_from_config(config.get("sharding_rules"))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    iterator = task.make_train_iterator(jax.process_index(), jax.process_count())
+    iterator = task.make_train_iterator(*sharding.process_batch_slot(mesh))
     batch = sharding.global_batch(next(iterator), mesh)
     boxed = jax.eval_shape(task.init_state, jax.random.key(0), batch)
     shardings = sharding.tree_shardings(boxed, mesh, rules)
@@ -97,6 +97,7 @@ def main():
   spec = json.loads(sys.argv[1])
   _setup(spec)
   import jax  # pylint: disable=import-outside-toplevel
+  from vqd_jax import sharding  # pylint: disable=import-outside-toplevel
   from vqd_jax.training import loop  # pylint: disable=import-outside-toplevel
   results = []
   for run in spec["runs"]:
@@ -105,6 +106,7 @@ def main():
     if run.get("inspect"):
       out["params"] = _inspect(config, run["workdir"] + "_inspect")
     loop.train_and_evaluate(config, run["workdir"], stop_after=run.get("stop_after"))
+    out["batch_slot"] = list(sharding.process_batch_slot(sharding.make_mesh(dict(config.mesh))))
     metrics = os.path.join(run["workdir"], "metrics.jsonl")
     if jax.process_index() == 0:
       with open(metrics, encoding="utf-8") as f:

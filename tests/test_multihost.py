@@ -1,6 +1,7 @@
 """Multi-host training on one machine: two processes (4 CPU devices each, gloo collectives) train the
 diffusion stage, checkpoint, stop, restart and continue, with the losses of one uninterrupted
-single-process run. Per-host data slices rebuild exactly the single-process global batches."""
+single-process run; process 0 alone writes metrics and sample previews. Per-host data slices
+rebuild exactly the single-process global batches."""
 
 import json
 import os
@@ -58,6 +59,7 @@ def _run_two_processes(run):
   results = [multidevice_worker.finish(p, timeout=300) for p in procs]
   for i, r in enumerate(results):
     assert (r["process_index"], r["process_count"], r["device_count"]) == (i, NUM_PROCESSES, 8)
+    assert r["runs"][0]["batch_slot"] == [i, NUM_PROCESSES]  # host i loads batch block i of 2
   return results
 
 
@@ -75,10 +77,13 @@ def test_two_processes_kill_and_resume_match_one_uninterrupted_process(tmp_path)
 
   resumed = str(tmp_path / "two_hosts")
   # Every process sees the same local filesystem, as hosts see a shared bucket.
-  run = {"config": "configs/diffusion.py:tiny", "overrides": overrides, "mesh": {"data": -1},
-         "workdir": resumed, "stop_after": 2}
+  # Sample previews need the sharded weights gathered from both hosts; process 0 writes them.
+  run = {"config": "configs/diffusion.py:tiny", "mesh": {"data": -1}, "workdir": resumed,
+         "overrides": dict(overrides, **{"train.sample_every": 2}), "stop_after": 2}
   first = _run_two_processes(run)
-  assert ckpt_lib.Checkpointer(resumed).latest_step() == 2
+  ckpt = ckpt_lib.Checkpointer(resumed)
+  assert ckpt.latest_step() == 2
+  ckpt.close()
   assert "losses" not in first[1]["runs"][0]  # only process 0 reads back (and writes) metrics
   second = _run_two_processes(dict(run, stop_after=None))
 
@@ -89,3 +94,5 @@ def test_two_processes_kill_and_resume_match_one_uninterrupted_process(tmp_path)
   np.testing.assert_allclose([got[s] for s in steps], [expected[s] for s in steps], rtol=1e-4,
                              atol=1e-6)
   assert got[3] != got[2]  # the resumed steps are new work, not a replay
+  previews = sorted(os.listdir(os.path.join(resumed, "previews")))
+  assert previews == ["prompts.json", "samples_0000002.png", "samples_0000004.png"]

@@ -7,6 +7,7 @@ example do. Changing parallelism is a config change, never a model change.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -176,20 +177,43 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+@functools.lru_cache(maxsize=None)
+def process_batch_slot(mesh: Mesh) -> tuple[int, int]:
+  """``(slot, slots)``: this process loads block ``slot`` of ``slots`` equal blocks of each batch.
+
+  The block is the rows that this process's devices hold under :func:`batch_sharding`, so that
+  ``global_batch`` assembles every global batch in the same row order for any number of processes.
+  On meshes from :func:`make_mesh` with one block per host it is ``(process_index, process_count)``;
+  processes whose devices hold the same rows (the batch replicated across them over ``tensor``) get
+  the same slot and load the same examples.
+  """
+  shards = _mesh_axes_size(mesh.shape, ("data", "fsdp"))
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((shards,))
+  rows = sorted({index[0].start or 0 for index in index_map.values()})
+  count = len(rows)
+  if rows != list(range(rows[0], rows[0] + count)) or rows[0] % count or shards % count:
+    raise ValueError(
+        f"Process {jax.process_index()} holds batch rows {rows} of {shards}, not one contiguous "
+        "block: order the mesh's data/fsdp axes so that each host's devices are adjacent "
+        "(vqd_jax.sharding.make_mesh does).")
+  return rows[0] // count, shards // count
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Per-host numpy batch -> global arrays sharded over the batch axes (multi-host aware).
 
-  Host ``h`` of ``P`` holds rows ``[h*B/P, (h+1)*B/P)`` of the global batch of ``B`` rows.
+  ``local_batch`` holds block ``slot`` of ``slots`` of the global batch (:func:`process_batch_slot`).
   """
   sharding = batch_sharding(mesh)
   shards = _mesh_axes_size(mesh.shape, ("data", "fsdp"))
+  _, slots = process_batch_slot(mesh)
   out = {}
   for k, v in local_batch.items():
     v = np.asarray(v)
-    rows = v.shape[0] * jax.process_count()
+    rows = v.shape[0] * slots
     if rows % shards:
       raise ValueError(f"The global batch of {rows} rows cannot be split over the mesh's "
                        f"data x fsdp = {shards} shards; make train.batch_size a multiple of "
                        f"{shards}.")
-    out[k] = jax.make_array_from_process_local_data(sharding, v)
+    out[k] = jax.make_array_from_process_local_data(sharding, v, (rows,) + v.shape[1:])
   return out

@@ -41,7 +41,7 @@ def abstract_state(task, mesh, rules) -> tuple[Any, Any, Any, Any]:
   import jax  # pylint: disable=import-outside-toplevel
   from vqd_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
 
-  iterator = task.make_train_iterator(jax.process_index(), jax.process_count())
+  iterator = task.make_train_iterator(*sharding_lib.process_batch_slot(mesh))
   batch = sharding_lib.global_batch(next(iterator), mesh)
   key = jax.random.key(0)
   boxed = jax.eval_shape(task.init_state, key, batch)

@@ -34,6 +34,22 @@ def _peek(iterator) -> dict[str, Any]:
   return batch
 
 
+def _preview_copy(state: Any) -> Any:
+  """``state`` with its weights whole on this host's first device (None off process 0).
+
+  Previews are small programs that process 0 runs alone, next to the frozen autoencoder that lives
+  on one device; weights sharded over the mesh would drag every device and host into sampling.
+  Every process must call this (gathering across hosts is a collective).
+  """
+  weights = {"params": state.params, "ema_params": state.ema_params}
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    weights = multihost_utils.process_allgather(weights, tiled=True)
+  if jax.process_index() != 0:
+    return None
+  return state.replace(opt_state=None, **jax.device_put(weights, jax.local_devices()[0]))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_after: int | None = None) -> dict[str, float]:
   """Trains ``config.stage`` in ``workdir``, resuming from its latest checkpoint if there is one.
@@ -53,7 +69,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   task = tasks_lib.make_task(config, workdir)
   mesh = sharding_lib.make_mesh(config.get("mesh", None) and dict(config.mesh))
   rules = sharding_lib.rules_from_config(config.get("sharding_rules", None))
-  iterator = task.make_train_iterator(jax.process_index(), jax.process_count())
+  # Each host loads the rows of every global batch that its devices hold.
+  iterator = task.make_train_iterator(*sharding_lib.process_batch_slot(mesh))
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.get("keep_checkpoints", 3),
                                        async_save=config.train.get("async_checkpoints", True))
   writer = metrics_lib.MetricWriter(workdir)
@@ -108,7 +125,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         bar.set_postfix(loss=f"{last_metrics.get('loss', float('nan')):.4f}",
                         sps=f"{last_metrics['steps_per_sec']:.2f}")
       if cfg.get("sample_every", 0) and (step % cfg.sample_every == 0 or done):
-        task.write_previews(state, step, writer, os.path.join(workdir, "previews"))
+        preview_state = _preview_copy(state)
+        if is_main:
+          with jax.set_mesh(None):  # a single-device program, outside the training mesh
+            task.write_previews(preview_state, step, writer, os.path.join(workdir, "previews"))
       preempted = checkpointer.reached_preemption(step)
       if step % cfg.ckpt_every == 0 or done or preempted:
         checkpointer.save(step, state, iterator.get_state(), config_json, force=True)
