@@ -224,3 +224,14 @@ def test_sample_cli_inpaints_with_a_pretrained_folder(exported, tmp_path):
   for r in records:
     written = np.asarray(Image.open(samples / r["file"]).convert("RGB")).astype(int)
     assert np.abs(decoded - written).reshape(K, -1).max(axis=1).min() <= 1
+
+
+def test_row_chunks_equal_the_whole_batch_with_padding():
+  from vqd_jax.pipeline import _in_row_chunks  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  x, s = rng.normal(size=(5, 3)), rng.normal(size=(5, 2, 3))
+  fn = lambda x, s, none: jnp.tanh(x)[:, None, :] * s + x.sum(-1)[:, None, None]  # row-wise
+  expected = fn(x, s, None)
+  for chunk in (None, 1, 2, 3, 5, 8):
+    np.testing.assert_allclose(np.asarray(_in_row_chunks(fn, chunk, x, s, None)), expected,
+                               rtol=1e-6, atol=1e-6)
