@@ -66,27 +66,18 @@ def get_config(preset: str = "shapes") -> ml_collections.ConfigDict:
   elif preset == "shapes_long":
     c.train.num_steps = 4000
     c.loss.warmup_steps = 500
-  elif preset == "ithq":
+  elif preset in ("ithq", "f8"):
+    # ithq: the ITHQ VQModel (EMA codebook); f8: the taming f8 VQGAN of the COCO/CUB models.
+    widths, embed_dim, codes = {"ithq": ((64, 128, 256, 512), 128, 4096),
+                                "f8": ((128, 128, 256, 512), 256, 8192)}[preset]
     c.data.update(image_size=256)
-    c.model.update(block_out_channels=(64, 128, 256, 512), layers_per_block=2, patch_size=1,
+    c.model.update(block_out_channels=widths, layers_per_block=2, patch_size=1,
                    down_attention=[False, False, False, True],
                    up_attention=[True, False, False, False], mid_block_attention=True,
-                   latent_channels=256, vq_embed_dim=128, num_vq_embeddings=4096,
+                   latent_channels=256, vq_embed_dim=embed_dim, num_vq_embeddings=codes,
                    norm_num_groups=32)
-    c.loss.update(codebook_ema=True, recon="l1", gan_weight=0.8, gan_start=30_000,
+    c.loss.update(codebook_ema=preset == "ithq", recon="l1", gan_weight=0.8, gan_start=30_000,
                   warmup_steps=0, dead_code_threshold=0.03)
-    c.optim.update(lr=4.5e-6 * 64, warmup_steps=1000, b1=0.5, b2=0.9, grad_clip=0.0)
-    c.train.update(num_steps=400_000, batch_size=64, log_every=100, ckpt_every=5000,
-                   sample_every=5000)
-  elif preset == "f8":
-    c.data.update(image_size=256)
-    c.model.update(block_out_channels=(128, 128, 256, 512), layers_per_block=2, patch_size=1,
-                   down_attention=[False, False, False, True],
-                   up_attention=[True, False, False, False], mid_block_attention=True,
-                   latent_channels=256, vq_embed_dim=256, num_vq_embeddings=8192,
-                   norm_num_groups=32)
-    c.loss.update(recon="l1", gan_weight=0.8, gan_start=30_000, warmup_steps=0,
-                  dead_code_threshold=0.03)
     c.optim.update(lr=4.5e-6 * 64, warmup_steps=1000, b1=0.5, b2=0.9, grad_clip=0.0)
     c.train.update(num_steps=400_000, batch_size=64, log_every=100, ckpt_every=5000,
                    sample_every=5000)
