@@ -43,8 +43,12 @@ def _base() -> ml_collections.ConfigDict:
   c.text = ml_collections.ConfigDict(dict(max_length=16, width=128, num_layers=2, num_heads=4))
 
   # The quickstart denoiser (~1.4M parameters): at this budget more optimizer steps beat width.
+  # dtype: compute dtype of the denoiser and text encoder ('float32' or 'bfloat16'); parameters,
+  # optimizer state and EMA stay float32 either way. remat: recompute block activations in the
+  # backward pass (memory for FLOPs; on for the big presets).
   c.model = ml_collections.ConfigDict(dict(
-      num_layers=4, num_heads=4, head_dim=32, mlp_ratio=4, dropout=0.0, remat=False))
+      num_layers=4, num_heads=4, head_dim=32, mlp_ratio=4, dropout=0.0, remat=False,
+      dtype="float32"))
 
   c.diffusion = ml_collections.ConfigDict(dict(
       num_timesteps=100, schedule="released",

@@ -9,7 +9,8 @@ Spec: ``{"devices": 8, "distributed": null | {"coordinator": "localhost:PORT", "
 "process_id": 0}, "runs": [{"config": "configs/diffusion.py:tiny", "overrides": {"key": value},
 "mesh": {"fsdp": 8}, "workdir": "...", "stop_after": null, "inspect": false}]}``.
 
-The process compiles for speed, not run time (tiny programs). Prints one line ``RESULT <json>``: per run the logged losses by step (process 0) and, with
+The process compiles for speed, not run time (tiny programs). Prints one line ``RESULT <json>``:
+per run the logged losses by step (process 0), this host's batch slot and, with
 ``inspect``, how the freshly initialised state's parameters are laid out over the devices.
 """
 

@@ -1,5 +1,5 @@
-"""Multi-host training on one machine: two processes (4 CPU devices each, gloo collectives) train the
-diffusion stage, checkpoint, stop, restart and continue, with the losses of one uninterrupted
+"""Multi-host training on one machine: two processes (4 CPU devices each, gloo collectives) train
+the diffusion stage, checkpoint, stop, restart and continue, with the losses of one uninterrupted
 single-process run; process 0 alone writes metrics and sample previews. Per-host data slices
 rebuild exactly the single-process global batches."""
 

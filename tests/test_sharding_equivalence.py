@@ -1,5 +1,5 @@
-"""Sharding changes where the numbers live, not what they are: a few training steps of both stages on
-an 8-device CPU mesh (data, fsdp, and data x fsdp x tensor) give the one-device losses, and fsdp
+"""Sharding changes where the numbers live, not what they are: a few training steps of both stages
+on an 8-device CPU mesh (data, fsdp, and data x fsdp x tensor) give the one-device losses, and fsdp
 really splits the parameters."""
 
 import json

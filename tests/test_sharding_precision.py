@@ -89,7 +89,8 @@ def test_remat_changes_memory_not_numbers(vq_dir, tmp_path, batch_and_state):
   remat = make_task(vq_dir, tmp_path / "remat", remat=True)
   x0 = jax.jit(plain._tokens)(batch)  # pylint: disable=protected-access
   t = jnp.arange(x0.shape[0], dtype=jnp.int32) * 10
-  states = jax.random.normal(jax.random.key(3), batch["text_ids"].shape + (32,))
+  states = jax.random.normal(jax.random.key(3),
+                             batch["text_ids"].shape + (plain.config.text.width,))
   weights = jax.random.normal(jax.random.key(4), x0.shape + (plain.vq.num_codes,))
 
   @jax.jit

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def _accelerator_plugin_installed() -> bool:
-  """Whether a TPU or GPU runtime is installed (PJRT plugins live in the ``jax_plugins`` package)."""
+  """Whether a TPU or GPU runtime is installed (PJRT plugins live in ``jax_plugins``)."""
   if importlib.util.find_spec("libtpu") is not None:
     return True
   try:

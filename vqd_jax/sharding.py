@@ -202,7 +202,8 @@ def process_batch_slot(mesh: Mesh) -> tuple[int, int]:
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Per-host numpy batch -> global arrays sharded over the batch axes (multi-host aware).
 
-  ``local_batch`` holds block ``slot`` of ``slots`` of the global batch (:func:`process_batch_slot`).
+  ``local_batch`` holds block ``slot`` of ``slots`` of the global batch (see
+  :func:`process_batch_slot`).
   """
   sharding = batch_sharding(mesh)
   shards = _mesh_axes_size(mesh.shape, ("data", "fsdp"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -25,6 +27,8 @@ def prepare_task(config: ml_collections.ConfigDict, vqvae_config: str | None):
   one (same shapes and cost) saved in a temporary run directory."""
   from vqd_jax.training import tasks  # pylint: disable=import-outside-toplevel
   workdir = tempfile.mkdtemp(prefix="vqd_bench_")
+  # The untrained autoencoder of a 256px preset weighs hundreds of MB; benchmarks leave nothing.
+  atexit.register(shutil.rmtree, workdir, ignore_errors=True)
   if config.stage == "diffusion" and not config.get("vqvae_workdir"):
     from vqd_jax import configs_io  # pylint: disable=import-outside-toplevel
     from vqd_jax.training import frozen_vq  # pylint: disable=import-outside-toplevel

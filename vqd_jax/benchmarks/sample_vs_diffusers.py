@@ -60,6 +60,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--repeats", type=int, default=1, help="Timed runs after the warm-up.")
   parser.add_argument("--threads", type=int, default=None,
                       help="torch intra-op threads (default: torch's own choice, all cores).")
+  parser.add_argument("--torch-device", default=None,
+                      help="Where diffusers runs: cpu or cuda (default: cuda when torch sees a GPU).")
   parser.add_argument("--skip-diffusers", action="store_true",
                       help="Time vqd_jax only (e.g. on accelerators without a torch build).")
   parser.add_argument("--folder", default=None,
@@ -97,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       vq_layers_per_block=args.vq_layers_per_block)
   folder = args.folder or tempfile.mkdtemp(prefix="vqd_bench_pipeline_")
   theirs = save_random_pipeline(folder, sizes)
+  torch_device = args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
+  theirs = theirs.to(torch_device)
   ours = VQDiffusionPipeline.from_pretrained(folder)
   prompts = [["a photo of a cat", "a red dog on the beach", "a small blue square",
               "the sky"][i % 4] for i in range(args.batch_size)]
@@ -108,13 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.token_side}x{args.token_side} tokens, CLIP {args.text_layers}x{args.text_width}, "
         f"images {sizes.image_side}x{sizes.image_side}; batch {args.batch_size}, {args.steps} "
         f"steps, guidance {args.guidance}, truncation {args.truncation}; jax on {device.platform}, "
-        f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus")
+        f"torch on {torch_device}, torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus")
 
   start = time.perf_counter()
   ours(prompts, seed=0, **kwargs)
   first = time.perf_counter() - start
   run_ours = lambda: ours(prompts, seed=1, **kwargs)
-  generator = torch.Generator().manual_seed(0)
+  generator = torch.Generator(device=torch_device).manual_seed(0)
 
   def run_diffusers():
     with torch.no_grad():
@@ -147,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       "preset", "num_layers", "num_heads", "head_dim", "num_codes", "token_side", "text_width",
       "text_layers", "vq_channels", "steps", "batch_size", "guidance", "truncation", "repeats")}
   print(json.dumps({"benchmark": "sample_vs_diffusers", "device": device.device_kind,
+                    "torch_device": torch_device,
                     "torch_threads": torch.get_num_threads(), "config": config, **result}))
   return 0
 

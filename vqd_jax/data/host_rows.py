@@ -15,7 +15,10 @@ import grain
 
 
 class HostRowsMapDataset(grain.MapDataset):
-  """Element ``i`` of host ``index``: global element ``((i // rows) * count + index) * rows + i % rows``."""
+  """Host ``index``'s elements: its ``rows`` rows of every global batch of ``rows * count``.
+
+  Element ``i`` is parent element ``(i // rows * count + index) * rows + i % rows``.
+  """
 
   _MUTATES_ELEMENT_SPEC = False
 
