@@ -23,13 +23,18 @@ def _base() -> ml_collections.ConfigDict:
       num_examples=1_000_000, two_object_prob=0.5, random_crop=False, random_flip=False,
       caption_template="a photo of a {}", worker_count=0))
   # The quickstart autoencoder: 4x4 pixel patches folded into channels, one 32-wide block at 8x8.
-  # Reconstructions of held-out shapes score 0.98 on the shapes scorer after 1,200 steps (about
-  # two minutes on one CPU core); full-resolution convolutions on few channels are several times
-  # slower on XLA's CPU backend for no better result.
+  # local_encoder: each patch is encoded on its own (a per-patch MLP), so the black background is
+  # always one code; with the convolutional encoder, edge padding and GroupNorm statistics spread
+  # it over hundreds of context-dependent codes (token entropy 4.98 nats instead of 1.89), which
+  # the denoiser then has to learn. The decoder stays convolutional.
+  # 128 codes: reconstructions of held-out shapes score 0.97 on the shapes scorer after 1,200 steps
+  # (about a minute on two CPU cores; 0.99 with 512 codes).
+  # Full-resolution convolutions on few channels are several times slower on XLA's CPU backend
+  # for no better result.
   c.model = ml_collections.ConfigDict(dict(
-      block_out_channels=(32,), layers_per_block=1, patch_size=4,
+      block_out_channels=(32,), layers_per_block=1, patch_size=4, local_encoder=True,
       down_attention=[False], up_attention=[False],
-      mid_block_attention=False, latent_channels=32, vq_embed_dim=32, num_vq_embeddings=512,
+      mid_block_attention=False, latent_channels=32, vq_embed_dim=32, num_vq_embeddings=128,
       norm_num_groups=16, dtype="float32"))
   c.loss = ml_collections.ConfigDict(dict(
       recon="l2", commitment_beta=0.25,
@@ -56,7 +61,7 @@ def get_config(preset: str = "shapes") -> ml_collections.ConfigDict:
   if preset == "tiny":
     c.model.update(block_out_channels=(8, 16), down_attention=[False, False],
                    up_attention=[False, False], num_vq_embeddings=32, latent_channels=8,
-                   vq_embed_dim=8, norm_num_groups=4, patch_size=1)
+                   vq_embed_dim=8, norm_num_groups=4, patch_size=1, local_encoder=False)
     c.loss.warmup_steps = 2
     c.train.update(num_steps=4, batch_size=4, log_every=2, ckpt_every=2, sample_every=0,
                    async_checkpoints=False)
@@ -71,7 +76,7 @@ def get_config(preset: str = "shapes") -> ml_collections.ConfigDict:
     widths, embed_dim, codes = {"ithq": ((64, 128, 256, 512), 128, 4096),
                                 "f8": ((128, 128, 256, 512), 256, 8192)}[preset]
     c.data.update(image_size=256)
-    c.model.update(block_out_channels=widths, layers_per_block=2, patch_size=1,
+    c.model.update(block_out_channels=widths, layers_per_block=2, patch_size=1, local_encoder=False,
                    down_attention=[False, False, False, True],
                    up_attention=[True, False, False, False], mid_block_attention=True,
                    latent_channels=256, vq_embed_dim=embed_dim, num_vq_embeddings=codes,

@@ -235,3 +235,14 @@ def test_row_chunks_equal_the_whole_batch_with_padding():
   for chunk in (None, 1, 2, 3, 5, 8):
     np.testing.assert_allclose(np.asarray(_in_row_chunks(fn, chunk, x, s, None)), expected,
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("extension", [dict(patch_size=4), dict(patch_size=4, local_encoder=True)])
+def test_export_refuses_autoencoders_diffusers_cannot_express(extension):
+  from vqd_jax.interop.export import vq_config_to_diffusers  # pylint: disable=import-outside-toplevel
+  model = VQAutoencoder(block_out_channels=(8,), down_attention=(False,), latent_channels=8,
+                        vq_embed_dim=4, num_vq_embeddings=K, norm_num_groups=4, **extension)
+  with pytest.raises(ValueError, match="cannot express.*patch_size=4"):
+    vq_config_to_diffusers(model, 32)
+  assert vq_config_to_diffusers(VQAutoencoder(block_out_channels=(8,), norm_num_groups=4), 32)[
+      "block_out_channels"] == [8]

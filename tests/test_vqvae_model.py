@@ -208,6 +208,37 @@ def test_patch_size_folds_pixels_into_channels_and_back():
   assert variables["params"]["encoder"]["conv_in"]["kernel"].value.shape == (3, 3, 12, 8)
 
 
+def test_local_encoder_codes_each_patch_from_its_own_pixels_only():
+  # Ground truth by construction: a per-patch encoder must give identical latents for identical
+  # patches wherever they sit, and editing one patch may move that position's latent alone. The
+  # convolutional encoder fails both (neighbouring patches, edge padding, GroupNorm statistics).
+  kw = dict(TINY, block_out_channels=(8,), down_attention=(False,), mid_block_attention=False,
+            patch_size=4)
+  local = vqvae.VQAutoencoder(**kw, local_encoder=True)
+  conv = vqvae.VQAutoencoder(**kw)
+  x = -np.ones((1, 16, 16, 3), np.float32)  # a black image: every 4x4 patch is the same
+  x[0, 5:7, 9:12] = (1.0, -1.0, 1.0)  # one magenta object inside token (1, 2)
+  edited = x.copy()
+  edited[0, 12:16, 0:3] = (1.0, 1.0, -1.0)  # yellow pixels in token (3, 0) only
+  for model, is_local in ((local, True), (conv, False)):
+    variables = nn.meta.unbox(model.init(jax.random.key(0), jnp.asarray(x)))
+    z = np.asarray(model.apply(variables, jnp.asarray(np.concatenate([x, edited])),
+                               method="encode_latents"))
+    background = np.ones((4, 4), bool)
+    background[1, 2] = False
+    spread = np.abs(z[0][background] - z[0][background][0]).max()
+    changed = np.abs(z[1] - z[0]).max(axis=-1) > 0
+    if is_local:
+      assert spread == 0.0
+      np.testing.assert_array_equal(changed, np.eye(4, dtype=bool)[3][:, None] & (np.arange(4) == 0))
+    else:
+      assert spread > 1e-4 and changed.sum() > 1
+  assert local.downsample_factor == 4
+  with pytest.raises(ValueError, match="local_encoder=True needs patch_size > 1"):
+    vqvae.VQAutoencoder(**dict(kw, patch_size=1), local_encoder=True).init(
+        jax.random.key(0), jnp.asarray(x))
+
+
 def test_bfloat16_compute_stays_close_to_float32():
   model = vqvae.VQAutoencoder(**dict(TINY, block_out_channels=(8,), down_attention=(False,)))
   x = _images(1, 8)

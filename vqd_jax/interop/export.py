@@ -65,6 +65,13 @@ def write_component(directory: str, config: dict[str, Any], state: dict[str, np.
 
 def vq_config_to_diffusers(model, image_size: int) -> dict[str, Any]:
   """The diffusers ``VQModel`` config of a ``VQAutoencoder`` for ``image_size`` images."""
+  if model.patch_size != 1 or model.local_encoder:
+    raise ValueError(
+        f"This autoencoder uses vqd_jax extensions diffusers' VQModel cannot express "
+        f"(patch_size={model.patch_size}, local_encoder={model.local_encoder}); it can be sampled "
+        "with vqd_jax but not exported to the diffusers layout. Train the autoencoder with "
+        "--config.model.patch_size=1 --config.model.local_encoder=False (e.g. the ithq or f8 "
+        "presets) to export.")
   n = len(model.block_out_channels)
   down = tuple(model.down_attention) if model.down_attention is not None else (False,) * n
   up = tuple(model.up_attention) if model.up_attention is not None else tuple(reversed(down))

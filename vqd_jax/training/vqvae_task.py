@@ -38,7 +38,7 @@ from vqd_jax.training import state as state_lib
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _MODEL_FIELDS = ("block_out_channels", "layers_per_block", "down_attention", "up_attention",
                  "mid_block_attention", "latent_channels", "vq_embed_dim", "num_vq_embeddings",
-                 "norm_num_groups", "patch_size")
+                 "norm_num_groups", "patch_size", "local_encoder")
 
 
 def model_from_config(config: ml_collections.ConfigDict) -> vqvae.VQAutoencoder:

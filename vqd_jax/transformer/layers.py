@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 AxisNames = Sequence[str | None]
@@ -44,16 +45,26 @@ def layer_norm(*, name: str, dtype: Dtype, param_dtype: Dtype, affine: bool = Tr
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)))
 
 
+def _constant_init(value: np.ndarray):
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    if tuple(shape) != value.shape:
+      raise ValueError(f"Initial table has shape {value.shape}, the parameter {tuple(shape)}.")
+    return jnp.asarray(value, dtype)
+  return init
+
+
 def embed(num_embeddings: int, features: int, axes: tuple[str | None, str | None], *, name: str,
-          dtype: Dtype, param_dtype: Dtype, stddev: float = DEFAULT_INIT_STDDEV) -> nn.Embed:
-  """A ``nn.Embed`` table ``[num_embeddings, features]`` named ``axes``.
+          dtype: Dtype, param_dtype: Dtype, stddev: float = DEFAULT_INIT_STDDEV,
+          init=None) -> nn.Embed:
+  """A ``nn.Embed`` table ``[num_embeddings, features]`` named ``axes`` (``init``: N(0, stddev)).
 
   Out-of-range indices read as NaN (``jnp.take`` fill mode), which makes a bad timestep or token id
   visible in the output instead of silently clamping it.
   """
   return nn.Embed(
       num_embeddings, features, dtype=dtype, param_dtype=param_dtype, name=name,
-      embedding_init=nn.with_logical_partitioning(nn.initializers.normal(stddev), axes))
+      embedding_init=nn.with_logical_partitioning(init or nn.initializers.normal(stddev), axes))
 
 
 def approximate_gelu(x: jax.Array) -> jax.Array:
@@ -118,15 +129,39 @@ class FeedForward(nn.Module):
                  param_dtype=self.param_dtype)(x)
 
 
+def sincos_table(length: int, features: int, half: int, stddev: float) -> np.ndarray:
+  """``[length, features]`` sinusoidal position table in channel half ``half`` (0 or 1), zeros in
+  the other half, scaled to RMS ``stddev`` over its nonzero half.
+
+  Row and column tables built for halves 0 and 1 sum to the 2-D sin-cos embedding of MAE/ViT
+  (rows in the first half of the channels, columns in the second).
+  """
+  quarter = features // 4
+  if quarter == 0:
+    raise ValueError(f"A sin-cos position table needs at least 4 features, got {features}.")
+  freqs = 1.0 / 10_000 ** (np.arange(quarter) / quarter)
+  angles = np.arange(length)[:, None] * freqs[None]
+  table = np.zeros((length, features), np.float64)
+  start = half * (features // 2)
+  table[:, start:start + quarter] = np.sin(angles)
+  table[:, start + quarter:start + 2 * quarter] = np.cos(angles)
+  return (table * stddev * np.sqrt(2.0)).astype(np.float32)  # sin/cos have RMS 1/sqrt(2)
+
+
 class LatentImageEmbedding(nn.Module):
   """Token embedding plus learned row and column embeddings (diffusers ``ImagePositionalEmbeddings``).
 
   Token ``n`` in raster order sits at row ``n // width`` and column ``n % width``.
+  ``position_init``: ``"normal"`` (the official init, N(0, 0.02)) or ``"sincos"`` (the row and
+  column tables start as a 2-D sin-cos embedding, see :func:`sincos_table`, and are still
+  learned). The latter gives attention usable spatial structure from the first step, which makes
+  small models trained briefly learn coherent shapes much sooner.
   """
   num_embed: int  # K + 1 rows: K codes and the [MASK] token (index K).
   height: int
   width: int
   features: int
+  position_init: str = "normal"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -135,9 +170,15 @@ class LatentImageEmbedding(nn.Module):
     """tokens: [B, N] int with N = height·width. Returns [B, N, D]."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     emb = embed(self.num_embed, self.features, ("vocab", "embed"), name="emb", **kw)(tokens)
-    rows = embed(self.height, self.features, ("length", "embed"), name="height_emb", **kw)(
-        jnp.arange(self.height))
-    cols = embed(self.width, self.features, ("length", "embed"), name="width_emb", **kw)(
-        jnp.arange(self.width))
+    if self.position_init not in ("normal", "sincos"):
+      raise ValueError(f"position_init must be 'normal' or 'sincos', got {self.position_init!r}.")
+    inits = [None, None]
+    if self.position_init == "sincos":
+      inits = [_constant_init(sincos_table(n, self.features, half, DEFAULT_INIT_STDDEV))
+               for half, n in enumerate((self.height, self.width))]
+    rows = embed(self.height, self.features, ("length", "embed"), name="height_emb",
+                 init=inits[0], **kw)(jnp.arange(self.height))
+    cols = embed(self.width, self.features, ("length", "embed"), name="width_emb",
+                 init=inits[1], **kw)(jnp.arange(self.width))
     positions = (rows[:, None, :] + cols[None, :, :]).reshape(self.height * self.width, -1)
     return emb + positions[None]

@@ -88,6 +88,7 @@ class Text2ImageTransformer(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False  # Recompute each block in the backward pass (less memory, ~1/3 more compute).
+  position_init: str = "normal"  # or "sincos": see LatentImageEmbedding.
 
   @property
   def num_tokens(self) -> int:
@@ -114,7 +115,8 @@ class Text2ImageTransformer(nn.Module):
     width = self.num_heads * self.head_dim
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = LatentImageEmbedding(self.num_classes + 1, self.height, self.width, width,
-                             name="latent_image_embedding", **kw)(x_t)
+                             position_init=self.position_init, name="latent_image_embedding",
+                             **kw)(x_t)
     h = nn.with_logical_constraint(h, ACTIVATION_AXES)
     block_cls = TransformerBlock
     if self.remat:
