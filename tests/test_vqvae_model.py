@@ -77,8 +77,11 @@ def test_parameter_names_follow_diffusers_vqmodel(tiny):
   assert not any("attentions" in p for p in paths if p.startswith("decoder/up_blocks_1"))
 
 
-def test_every_parameter_has_logical_axis_names():
-  model = vqvae.VQAutoencoder(**TINY)
+@pytest.mark.parametrize("fields", [
+    TINY, dict(TINY, block_out_channels=(8,), down_attention=(False,), patch_size=4,
+               local_encoder=True)], ids=["conv_encoder", "local_encoder"])
+def test_every_parameter_has_logical_axis_names(fields):
+  model = vqvae.VQAutoencoder(**fields)
   boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), _images(), train=True))["params"]
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
   assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)

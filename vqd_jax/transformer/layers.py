@@ -154,8 +154,8 @@ class LatentImageEmbedding(nn.Module):
   Token ``n`` in raster order sits at row ``n // width`` and column ``n % width``.
   ``position_init``: ``"normal"`` (the official init, N(0, 0.02)) or ``"sincos"`` (the row and
   column tables start as a 2-D sin-cos embedding, see :func:`sincos_table`, and are still
-  learned). The latter gives attention usable spatial structure from the first step, which makes
-  small models trained briefly learn coherent shapes much sooner.
+  learned). The latter gives attention spatial structure from the first step; the quickstart
+  uses it (not compared against "normal" at equal settings yet).
   """
   num_embed: int  # K + 1 rows: K codes and the [MASK] token (index K).
   height: int

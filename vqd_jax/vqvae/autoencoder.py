@@ -67,10 +67,10 @@ class PatchEncoder(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.conv(self.width, 1, "conv_in", axes=RGB_IN_AXES, **kw)(x)
     for i in range(self.num_layers):
-      y = nn.LayerNorm(epsilon=1e-6, name=f"norm_{i}", **kw)(h)
+      y = layers.layer_norm(f"norm_{i}", **kw)(h)
       y = layers.conv(self.width * 2, 1, f"fc1_{i}", **kw)(nn.silu(y))
       h = h + layers.conv(self.width, 1, f"fc2_{i}", **kw)(nn.silu(y))
-    h = nn.silu(nn.LayerNorm(epsilon=1e-6, name="norm_out", **kw)(h))
+    h = nn.silu(layers.layer_norm("norm_out", **kw)(h))
     return layers.conv(self.latent_channels, 1, "conv_out", **kw)(h)
 
 

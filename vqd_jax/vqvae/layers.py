@@ -34,6 +34,15 @@ def conv(features: int, kernel_size: int, name: str, *, strides: int = 1,
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)))
 
 
+def layer_norm(name: str, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32
+               ) -> nn.LayerNorm:
+  """LayerNorm(eps 1e-6) over channels, per position, with logically named scale and bias."""
+  return nn.LayerNorm(
+      epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)))
+
+
 def group_norm(num_groups: int, channels: int, name: str, dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32) -> nn.GroupNorm:
   """GroupNorm(eps 1e-6) over ``channels``; fails early with a readable message if indivisible."""
