@@ -54,7 +54,7 @@ class PatchEncoder(nn.Module):
   A residual MLP applied per patch (1x1 convolutions, per-position LayerNorm): no spatial kernel
   and no norm statistics shared across the image, so identical patches always get the same code.
   On data with flat backgrounds (the shapes quickstart) the background then becomes one token
-  instead of a context-dependent spread over hundreds, which makes the denoiser's job much easier.
+  instead of a context-dependent spread over hundreds: a far simpler token distribution.
   """
   width: int
   num_layers: int
