@@ -8,18 +8,25 @@ import os
 os.environ.setdefault("XLA_FLAGS", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tempfile  # noqa: E402
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
-# Tests build the same tiny programs many times over (every train run re-creates its task): a
-# persistent compilation cache turns the repeats into cache hits.
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("VQD_TEST_CACHE", os.path.join(tempfile.gettempdir(),
-                                                                "vqd_jax_test_cache")))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+from jax_test_env import use_persistent_compile_cache  # noqa: E402
+
+use_persistent_compile_cache(jax)
 
 # grain worker processes (and absl apps) read absl flags; pytest never parses them.
 flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(scope="session")
+def tiny_vq_dir(tmp_path_factory):
+  """Run directory of an untrained ``configs/vqvae.py:tiny`` autoencoder (diffusion tests)."""
+  from vqd_jax import configs_io  # pylint: disable=import-outside-toplevel
+  from vqd_jax.training import frozen_vq  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path_factory.mktemp("tiny_vq") / "run")
+  frozen_vq.save_untrained(workdir, configs_io.load_config("configs/vqvae.py:tiny"))
+  return workdir
+

@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 
 # Tiny test programs run in milliseconds; compiling them dominates, and these halve LLVM's share.
@@ -31,12 +30,10 @@ def _setup(spec):
       f"--xla_force_host_platform_device_count={spec['devices']}"]).strip()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import jax  # pylint: disable=import-outside-toplevel
-  jax.config.update("jax_compilation_cache_dir",
-                    os.environ.get("VQD_TEST_CACHE", os.path.join(tempfile.gettempdir(),
-                                                                  "vqd_jax_test_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  from jax_test_env import use_persistent_compile_cache  # pylint: disable=import-outside-toplevel
+  use_persistent_compile_cache(jax)
   from absl import flags  # pylint: disable=import-outside-toplevel
   flags.FLAGS.mark_as_parsed()
   dist = spec.get("distributed")

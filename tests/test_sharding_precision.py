@@ -9,29 +9,21 @@ import numpy as np
 import pytest
 
 from vqd_jax import configs_io
-from vqd_jax.training import frozen_vq
 from vqd_jax.training.diffusion_task import DiffusionTask
 
 
-@pytest.fixture(scope="module")
-def vq_dir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("vq_precision") / "run")
-  frozen_vq.save_untrained(workdir, configs_io.load_config("configs/vqvae.py:tiny"))
-  return workdir
-
-
-def make_task(vq_dir, workdir, **model):
+def make_task(tiny_vq_dir, workdir, **model):
   config = configs_io.load_config("configs/diffusion.py:tiny")
-  config.vqvae_workdir = vq_dir
+  config.vqvae_workdir = tiny_vq_dir
   for key, value in model.items():
     config.model[key] = value
   return DiffusionTask(config, str(workdir))
 
 
 @pytest.fixture(scope="module")
-def batch_and_state(vq_dir, tmp_path_factory):
+def batch_and_state(tiny_vq_dir, tmp_path_factory):
   """One training batch and a freshly initialised (float32) state of the tiny denoiser."""
-  task = make_task(vq_dir, tmp_path_factory.mktemp("f32"))
+  task = make_task(tiny_vq_dir, tmp_path_factory.mktemp("f32"))
   batch = {k: jnp.asarray(v) for k, v in next(task.make_train_iterator(0, 1)).items()}
   state = jax.jit(lambda k, b: nn.meta.unbox(task.init_state(k, b)))(jax.random.key(0), batch)
   return batch, state
@@ -41,10 +33,11 @@ def float_dtypes(tree):
   return {str(x.dtype) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
 
 
-def test_bfloat16_compute_keeps_float32_weights_and_log_probs(vq_dir, tmp_path, batch_and_state):
+def test_bfloat16_compute_keeps_float32_weights_and_log_probs(tiny_vq_dir, tmp_path,
+                                                           batch_and_state):
   batch, state = batch_and_state
-  f32 = make_task(vq_dir, tmp_path / "f32")
-  bf16 = make_task(vq_dir, tmp_path / "bf16", dtype="bfloat16")
+  f32 = make_task(tiny_vq_dir, tmp_path / "f32")
+  bf16 = make_task(tiny_vq_dir, tmp_path / "bf16", dtype="bfloat16")
 
   x0 = jax.jit(f32._tokens)(batch)  # pylint: disable=protected-access
   t = jnp.arange(x0.shape[0], dtype=jnp.int32) * 10
@@ -67,9 +60,9 @@ def test_bfloat16_compute_keeps_float32_weights_and_log_probs(vq_dir, tmp_path, 
   assert 1e-4 < diff < 0.1, diff
 
 
-def test_bfloat16_run_trains_with_float32_state(vq_dir, tmp_path, batch_and_state):
+def test_bfloat16_run_trains_with_float32_state(tiny_vq_dir, tmp_path, batch_and_state):
   batch, state = batch_and_state
-  task = make_task(vq_dir, tmp_path, dtype="bfloat16")
+  task = make_task(tiny_vq_dir, tmp_path, dtype="bfloat16")
   step = jax.jit(task.train_step)
   key = jax.random.key(1)
   losses = []
@@ -83,10 +76,10 @@ def test_bfloat16_run_trains_with_float32_state(vq_dir, tmp_path, batch_and_stat
   assert float_dtypes(state.ema_params) == {"float32"}
 
 
-def test_remat_changes_memory_not_numbers(vq_dir, tmp_path, batch_and_state):
+def test_remat_changes_memory_not_numbers(tiny_vq_dir, tmp_path, batch_and_state):
   batch, state = batch_and_state
-  plain = make_task(vq_dir, tmp_path / "plain")
-  remat = make_task(vq_dir, tmp_path / "remat", remat=True)
+  plain = make_task(tiny_vq_dir, tmp_path / "plain")
+  remat = make_task(tiny_vq_dir, tmp_path / "remat", remat=True)
   x0 = jax.jit(plain._tokens)(batch)  # pylint: disable=protected-access
   t = jnp.arange(x0.shape[0], dtype=jnp.int32) * 10
   states = jax.random.normal(jax.random.key(3),
@@ -111,6 +104,6 @@ def test_remat_changes_memory_not_numbers(vq_dir, tmp_path, batch_and_state):
   assert "remat" in grad_program(remat) and "remat" not in grad_program(plain)
 
 
-def test_unknown_compute_dtype_names_the_choices(vq_dir, tmp_path):
+def test_unknown_compute_dtype_names_the_choices(tiny_vq_dir, tmp_path):
   with pytest.raises(ValueError, match="float32.*bfloat16"):
-    make_task(vq_dir, tmp_path, dtype="float16")
+    make_task(tiny_vq_dir, tmp_path, dtype="float16")

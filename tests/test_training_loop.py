@@ -11,7 +11,6 @@ import pytest
 
 from vqd_jax import configs_io
 from vqd_jax.training import checkpoint as ckpt_lib
-from vqd_jax.training import frozen_vq
 from vqd_jax.training import loop
 
 
@@ -27,13 +26,6 @@ def _config(spec, **overrides):
   for key, value in overrides.items():
     configs_io._set(config, key, str(value))  # pylint: disable=protected-access
   return config
-
-
-@pytest.fixture(scope="module")
-def vq_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("vq") / "run")
-  frozen_vq.save_untrained(workdir, configs_io.load_config("configs/vqvae.py:tiny"))
-  return workdir
 
 
 def _assert_resume_matches(spec, tmp_path, **overrides):
@@ -55,8 +47,8 @@ def test_vqvae_kill_and_resume_gives_the_same_next_losses(tmp_path):
   _assert_resume_matches("configs/vqvae.py:tiny", tmp_path)
 
 
-def test_diffusion_kill_and_resume_gives_the_same_next_losses(tmp_path, vq_run):
-  _assert_resume_matches("configs/diffusion.py:tiny", tmp_path, vqvae_workdir=vq_run)
+def test_diffusion_kill_and_resume_gives_the_same_next_losses(tmp_path, tiny_vq_dir):
+  _assert_resume_matches("configs/diffusion.py:tiny", tmp_path, vqvae_workdir=tiny_vq_dir)
 
 
 def test_unrestorable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
