@@ -57,7 +57,10 @@ def _base() -> ml_collections.ConfigDict:
       num_timesteps=100, schedule="released",
       # Official: 5e-4 with the adaptive (2 - t/T) factor. A larger weight on the direct x0 loss
       # trains small models much faster; the large presets use the official value.
-      aux_weight=0.5, adaptive_aux=True, mask_weights=[1.0, 1.0]))
+      aux_weight=0.5, adaptive_aux=True, mask_weights=[1.0, 1.0],
+      # Draw t in proportion to sqrt(E[L_t^2]) once every t has been seen (official); False keeps
+      # t uniform.
+      importance_sampling=True))
 
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, warmup_steps=200, decay="cosine", end_lr_factor=0.05, b1=0.9, b2=0.96,

@@ -109,6 +109,16 @@ def test_timesteps_are_uniform_until_every_count_exceeds_ten():
   assert chi2 < 40.0, counts  # df = 7: p < 1e-5
 
 
+def test_timesteps_stay_uniform_without_importance_sampling():
+  history = LossHistory(Lt_history=jnp.linspace(1.0, 50.0, T),
+                        Lt_count=jnp.full((T,), 11, jnp.int32))
+  t, pt = jax.jit(sample_timesteps, static_argnums=(2, 3))(jax.random.key(0), history, 8000, False)
+  np.testing.assert_allclose(pt, 1.0 / T)
+  counts = np.bincount(np.asarray(t), minlength=T)
+  chi2 = np.sum((counts - 1000.0) ** 2 / 1000.0)
+  assert chi2 < 40.0, counts  # df = 7: p < 1e-5 (the sqrt-history weights would give ~770)
+
+
 def test_importance_sampling_follows_sqrt_history_with_decoder_override():
   lt_history = np.linspace(1.0, 50.0, T).astype(np.float32)
   lt_history[0] = 1e6  # the decoder term must not dominate: it takes t = 1's weight

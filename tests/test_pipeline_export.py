@@ -8,6 +8,8 @@ in the reference test, by diffusers' ``Transformer2DModel`` / ``VQModel`` / sche
 
 import json
 import os
+import subprocess
+import sys
 import types
 
 import flax.linen as nn
@@ -227,14 +229,36 @@ def test_sample_cli_inpaints_with_a_pretrained_folder(exported, tmp_path):
 
 
 def test_row_chunks_equal_the_whole_batch_with_padding():
-  from vqd_jax.pipeline import _in_row_chunks  # pylint: disable=import-outside-toplevel
+  from vqd_jax.row_blocks import in_row_chunks  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   x, s = rng.normal(size=(5, 3)), rng.normal(size=(5, 2, 3))
   fn = lambda x, s, none: jnp.tanh(x)[:, None, :] * s + x.sum(-1)[:, None, None]  # row-wise
   expected = fn(x, s, None)
   for chunk in (None, 1, 2, 3, 5, 8):
-    np.testing.assert_allclose(np.asarray(_in_row_chunks(fn, chunk, x, s, None)), expected,
+    np.testing.assert_allclose(np.asarray(in_row_chunks(fn, chunk, x, s, None)), expected,
                                rtol=1e-6, atol=1e-6)
+
+
+def test_rows_split_over_host_cpu_devices_sample_like_one_device(exported):
+  """With one XLA device per core (as the command lines set up), the transformer's rows are split
+  over the devices; tokens and log-probabilities must be those of the single-device pipeline, and a
+  run trained there (previews sample under the training mesh) must sample like one device."""
+  folder = exported[0]
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "VQD_CPU_DEVICES")}
+  worker = os.path.join(os.path.dirname(__file__), "row_parallel_worker.py")
+  proc = subprocess.run([sys.executable, worker, str(folder)], env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+  result = json.loads(lines[-1][len("RESULT "):])
+  assert result["configured"] == 2 and result["devices"] == 2 and result["mesh_size"] == 2
+  assert "--xla_cpu_multi_thread_eigen=false" in result["xla_flags"]
+  assert result["tokens_equal"] == [True, True]
+  assert result["logits_max_abs_diff"] <= 1e-5
+  assert result["rows_shape"] == [5, 3] and result["rows_max_abs_diff"] <= 1e-6
+  # A tiny run trained on the 2 devices wrote its preview grid and samples like one device.
+  assert result["previews"] == ["samples_0000002.png"]
+  assert result["run_tokens_equal"]
 
 
 @pytest.mark.parametrize("extension", [dict(patch_size=4), dict(patch_size=4, local_encoder=True)])

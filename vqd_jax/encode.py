@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vqd_jax import cpu_devices
+
 
 def encode_dataset(vq, data_cfg, out: str, *, num_examples: int | None = None,
                    batch_size: int = 256) -> dict[str, int]:
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  cpu_devices.configure()  # before jax is imported
   from vqd_jax import configs_io  # pylint: disable=import-outside-toplevel
   from vqd_jax.training.frozen_vq import FrozenVQ  # pylint: disable=import-outside-toplevel
   config = configs_io.load_config(args.config)

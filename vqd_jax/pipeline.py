@@ -29,9 +29,11 @@ Differences from diffusers, on purpose (all numerically tested in tests/test_pip
 Speed: the whole sampling loop is one ``lax.scan`` in one program, so XLA hoists what does not
 depend on x_t or t out of it; when the batch runs as one block that includes the cross-attention
 keys/values of the text states (computed once per sample, visible in the compiled HLO). On CPU the
-transformer runs on 2-row blocks (``denoise_chunk_rows``), which keeps XLA's attention logits in
-cache (2-2.5x faster per row at 4-8 rows; the per-step K/V recomputation this brings is < 1% of a
-step). No float64 anywhere (diffusers runs its log_softmax in float64).
+transformer runs on small row blocks (``denoise_chunk_rows``), which keeps XLA's attention logits
+in cache (2-2.5x faster per row at 4-8 rows; the per-step K/V recomputation this brings is < 1% of
+a step), and with one XLA device per core (``vqd_jax.cpu_devices``, set up by the command lines)
+the rows are split over the cores (``row_mesh``). No float64 anywhere (diffusers runs its
+log_softmax in float64).
 ``python -m vqd_jax.bench sample --vs-diffusers`` measures the full pipeline against diffusers.
 """
 
@@ -46,8 +48,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
-from vqd_jax import diffusion
+from vqd_jax import diffusion, row_blocks
 from vqd_jax.diffusion.guidance import uses_guidance
 from vqd_jax.interop import diffusers_pipeline as loading
 from vqd_jax.transformer import Text2ImageTransformer
@@ -67,28 +70,6 @@ class _Options:
   chunk_rows: int | None
 
 
-def _in_row_chunks(fn, chunk_rows: int | None, *arrays):
-  """``fn(*arrays)`` on consecutive blocks of ``chunk_rows`` rows, one block after another.
-
-  Every array has the batch as axis 0 (None entries pass through). The last block is padded by
-  repeating the final row; the padded outputs are dropped.
-  """
-  rows = arrays[0].shape[0]
-  if chunk_rows is None or rows <= chunk_rows:
-    return fn(*arrays)
-  blocks = -(-rows // chunk_rows)
-  pad = blocks * chunk_rows - rows
-
-  def split(a):
-    if a is None:
-      return None
-    a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
-    return a.reshape((blocks, chunk_rows) + a.shape[1:])
-
-  out = jax.lax.map(lambda block: fn(*block), tuple(split(a) for a in arrays))
-  return out.reshape((blocks * chunk_rows,) + out.shape[2:])[:rows]
-
-
 class VQDiffusionPipeline:
   """Text-to-image sampling with a pretrained (or exported) VQ-Diffusion checkpoint.
 
@@ -105,8 +86,12 @@ class VQDiffusionPipeline:
     self.tokenizer = c.tokenizer
     self.text_kind = c.text_kind
     self.process = c.process
+    # Several host CPU devices (vqd_jax.cpu_devices): the transformer's rows are split over them.
+    self.row_mesh = row_blocks.host_row_mesh()
     # Rows per transformer block on CPU (see the module docstring); accelerators take the batch.
-    self.denoise_chunk_rows: int | None = 2 if jax.default_backend() == "cpu" else None
+    # Measured on 2 cores: 2-row blocks on one device; 1-row blocks per core on a row mesh.
+    self.denoise_chunk_rows: int | None = (None if jax.default_backend() != "cpu" else
+                                           2 if self.row_mesh is None else 1)
     self.checkpoint_step: int | None = None  # set by from_run
     self.sampling_defaults: dict[str, Any] = {}  # a run's config.sampling, set by from_run
     self.params: dict[str, Any] = {"transformer": c.transformer_params, "vqvae": c.vq_params,
@@ -114,10 +99,11 @@ class VQDiffusionPipeline:
     if c.null_embedding is not None:
       self.params["null_embedding"] = c.null_embedding
     # Device arrays once, so no call re-transfers host (numpy) weights to the accelerator.
-    self.params = jax.device_put(self.params)
+    self.params = jax.device_put(self.params, None if self.row_mesh is None else NamedSharding(
+        self.row_mesh, PartitionSpec()))
     self._program = jax.jit(self._generate_impl, static_argnames=("options",))
     self._encode_prompt = jax.jit(self._text_states)
-    self._denoise = jax.jit(self._denoise_impl)
+    self._denoise = jax.jit(self._denoise_rows, static_argnames=("chunk_rows",))
     self._decode = jax.jit(self._decode_impl)
     self._encode_image = jax.jit(self._encode_image_impl)
 
@@ -219,14 +205,24 @@ class VQDiffusionPipeline:
     return self.transformer.apply({"params": params["transformer"]}, x_t, t, text_states,
                                   text_mask)
 
+  def _denoise_rows(self, params, x_t, text_states, t, text_mask=None, *, chunk_rows=None):
+    """``_denoise_impl`` over the rows in shards (several CPU devices) and chunks."""
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), x_t.shape[:1])
+    return row_blocks.in_row_shards(
+        lambda x, s, t, m: self._denoise_impl(params, x, s, t, m), self.row_mesh, chunk_rows,
+        x_t, text_states, t, text_mask)
+
   def denoise_logits(self, x_t: Any, text_states: Any, t: Any, text_mask: Any = None) -> jax.Array:
     """log p(x0 | x_t) ``[B, N, K]`` (float32) for tokens ``[B, N]``, states ``[B, L, D]``, t.
 
     ``t`` is a scalar or ``[B]``. ``text_mask`` ``[B, L]`` only for exported vqd_jax text encoders
     (trained with a padding mask); CLIP checkpoints attend to every position, pads included.
     """
-    return self._denoise(self.params, jnp.asarray(x_t, jnp.int32), jnp.asarray(text_states), t,
-                         None if text_mask is None else jnp.asarray(text_mask, bool))
+    args = (jnp.asarray(x_t, jnp.int32), jnp.asarray(text_states), jnp.asarray(t, jnp.int32),
+            None if text_mask is None else jnp.asarray(text_mask, bool))
+    if self.row_mesh is not None:  # inputs may live on one device (another pipeline's states)
+      args = jax.device_put(args, NamedSharding(self.row_mesh, PartitionSpec()))
+    return self._denoise(self.params, *args, chunk_rows=self.denoise_chunk_rows)
 
   def _decode_impl(self, params, tokens):
     """Tokens ``[B, N]`` -> float images ``[B, H, W, 3]`` in [0, 1] (diffusers' decode)."""
@@ -288,9 +284,7 @@ class VQDiffusionPipeline:
       text_mask = None if text_mask is None else jnp.concatenate([null_mask, text_mask])
 
     def denoise(x_t, t):
-      return _in_row_chunks(
-          lambda x, s, t, m: self._denoise_impl(params, x, s, t, m), options.chunk_rows,
-          x_t, states, t, text_mask)
+      return self._denoise_rows(params, x_t, states, t, text_mask, chunk_rows=options.chunk_rows)
 
     tokens = diffusion.sample(denoise, key, self.process, batch_size=batch,
                               num_tokens=self.transformer.num_tokens, init_tokens=init_tokens,

@@ -20,6 +20,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from vqd_jax import cpu_devices
+
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m vqd_jax.quickstart", description=__doc__,
@@ -44,6 +46,7 @@ def heldout_prompts(num: int, image_size: int) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  cpu_devices.configure()  # before jax is imported
   from vqd_jax import configs_io, diffusion, encode, sample  # pylint: disable=import-outside-toplevel
   from vqd_jax.evaluation import shapes as shapes_eval  # pylint: disable=import-outside-toplevel
   from vqd_jax.training import loop  # pylint: disable=import-outside-toplevel

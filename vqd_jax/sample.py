@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vqd_jax import cpu_devices
+
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m vqd_jax.sample", description=__doc__,
@@ -163,6 +165,7 @@ def _pipeline_task(args):
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  cpu_devices.configure()  # before jax is imported
   prompts = read_prompts(args)
   t0 = time.perf_counter()
   if args.pretrained or args.init_image or args.mask:

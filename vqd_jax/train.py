@@ -15,6 +15,8 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
+from vqd_jax import cpu_devices
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and preset, e.g. configs/diffusion.py:shapes (presets are listed "
     "in each config file's docstring). Override fields with --config.<field>=<value>.",
@@ -44,6 +46,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   quiet_library_logs()
+  cpu_devices.configure()  # before jax is imported
   from vqd_jax import distributed  # pylint: disable=import-outside-toplevel
   distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from vqd_jax.training import loop  # pylint: disable=import-outside-toplevel

@@ -111,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({args.num_heads} heads x {args.head_dim}), K={args.num_codes}, "
         f"{args.token_side}x{args.token_side} tokens, CLIP {args.text_layers}x{args.text_width}, "
         f"images {sizes.image_side}x{sizes.image_side}; batch {args.batch_size}, {args.steps} "
-        f"steps, guidance {args.guidance}, truncation {args.truncation}; jax on {device.platform}, "
+        f"steps, guidance {args.guidance}, truncation {args.truncation}; jax on {jax.device_count()} "
+        f"{device.platform} device(s), "
         f"torch on {torch_device}, torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus")
 
   start = time.perf_counter()

@@ -62,12 +62,13 @@ def importance_weights(history: LossHistory) -> jax.Array:
   return weight / jnp.sum(weight)
 
 
-def sample_timesteps(key: jax.Array, history: LossHistory, batch_size: int
-                     ) -> tuple[jax.Array, jax.Array]:
+def sample_timesteps(key: jax.Array, history: LossHistory, batch_size: int,
+                     importance: bool = True) -> tuple[jax.Array, jax.Array]:
   """Draws ``t [B]`` int32 and its probability ``pt [B]`` float32.
 
-  Uniform over [0, T) until every ``Lt_count > 10``, then ``importance_weights`` with replacement.
-  Jittable: both branches are computed and one is selected on device.
+  Uniform over [0, T) until every ``Lt_count > 10``, then ``importance_weights`` with replacement
+  (the official sampler); always uniform with ``importance=False``. Jittable: both branches are
+  computed and one is selected on device.
   """
   num_timesteps = history.Lt_history.shape[0]
   if num_timesteps < 2:
@@ -77,7 +78,7 @@ def sample_timesteps(key: jax.Array, history: LossHistory, batch_size: int
   probs = importance_weights(history)
   t_importance = jax.random.categorical(importance_key, jnp.log(probs), shape=(batch_size,))
   t_importance = t_importance.astype(jnp.int32)
-  ready = jnp.all(history.Lt_count > MIN_COUNT_FOR_IMPORTANCE)
+  ready = jnp.all(history.Lt_count > MIN_COUNT_FOR_IMPORTANCE) & importance
   t = jnp.where(ready, t_importance, t_uniform)
   pt = jnp.where(ready, probs[t], 1.0 / num_timesteps).astype(jnp.float32)
   return t, pt

@@ -20,9 +20,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from vqd_jax import diffusion
 from vqd_jax import images as images_lib
+from vqd_jax import row_blocks
 from vqd_jax import text as text_lib
 from vqd_jax import transformer as transformer_lib
 from vqd_jax.sharding import strip_boxes
@@ -152,7 +154,8 @@ class DiffusionTask:
     null = jnp.broadcast_to(params["null_embedding"], states.shape)
     states, mask = text_lib.drop_captions(k_drop, states, mask, null,
                                           self.config.data.caption_drop_rate)
-    t, pt = diffusion.sample_timesteps(k_t, history, x0.shape[0])
+    importance = self.config.diffusion.get("importance_sampling", True)
+    t, pt = diffusion.sample_timesteps(k_t, history, x0.shape[0], importance=importance)
     x_t = self.process.q_sample(k_q, x0, t)
     log_x0 = self.denoise_logits(params, x_t, t, states, mask,
                                  key=k_dropout if self.config.model.get("dropout", 0.0) else None)
@@ -191,7 +194,10 @@ class DiffusionTask:
       states, masks = cond, mask
 
     def denoise(x_t, t):
-      return self.denoise_logits(params, x_t, t, states, masks)
+      t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), x_t.shape[:1])
+      return row_blocks.in_row_shards(
+          lambda x, t, s, m: self.denoise_logits(params, x, t, s, m), row_blocks.host_row_mesh(),
+          None, x_t, t, states, masks)
 
     return diffusion.sample(denoise, key, self.process, batch_size=ids.shape[0],
                             num_tokens=self.num_tokens, **settings.kwargs())
@@ -200,8 +206,12 @@ class DiffusionTask:
                settings: diffusion.SamplerConfig) -> np.ndarray:
     """uint8 images ``[B, H, W, 3]`` for ``prompts``."""
     ids, mask = self.tokenizer(list(prompts))
+    mesh = row_blocks.host_row_mesh()
+    if mesh is not None:  # the rows are split over host CPU devices: weights on all of them
+      params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
     tokens = self.generate_tokens(params, jnp.asarray(ids), jnp.asarray(mask), key, settings)
-    return np.asarray(self.vq.decode(tokens))
+    # Through the host: the frozen autoencoder lives on one device, the tokens may span several.
+    return np.asarray(self.vq.decode(np.asarray(tokens)))
 
   def write_previews(self, state, step: int, writer, directory: str) -> None:
     """A grid of samples for ``config.preview_prompts`` (process 0 writes it)."""
