@@ -259,6 +259,14 @@ def test_rows_split_over_host_cpu_devices_sample_like_one_device(exported):
   # A tiny run trained on the 2 devices wrote its preview grid and samples like one device.
   assert result["previews"] == ["samples_0000002.png"]
   assert result["run_tokens_equal"]
+  # Its checkpoint, written by 2 devices, restores in this 1-device process (sampling scripts).
+  from vqd_jax.training import diffusion_task  # pylint: disable=import-outside-toplevel
+  task, params, step = diffusion_task.load_trained(os.path.join(folder, "run", "dm"))
+  assert step == 2 and jax.device_count() == 1
+  images = task.generate(params, ["a large red circle"], jax.random.key(0),
+                         diffusion.SamplerConfig(num_steps=2))
+  size = task.vq.task.config.data.image_size
+  assert images.shape == (1, size, size, 3) and images.dtype == np.uint8
 
 
 @pytest.mark.parametrize("extension", [dict(patch_size=4), dict(patch_size=4, local_encoder=True)])

@@ -6,8 +6,8 @@ small, many-op programs of this library (a denoiser step, a sampler step) that k
 each core's share of the whole program side by side instead (``--xla_cpu_multi_thread_eigen=false``
 keeps the devices' Eigen calls from competing for one thread pool). Measured on a 2-core CPU:
 sampling the S-size model (2 images, guidance, 10 steps) 43-47 s -> 23-25 s per call with
-identical images (``bench sample``); the quickstart train step (``bench train``) 4.8-5.0 ->
-5.3-6.0 steps/s.
+identical images (``bench sample``); the quickstart train step (``bench train``) only 4.76 ->
+4.96 steps/s measured back to back.
 
 The command lines (``train``, ``sample``, ``quickstart``, ``bench``, ``encode``) call
 :func:`configure` before importing jax. Flags only take effect then, so it does nothing once jax is

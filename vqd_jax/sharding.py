@@ -153,6 +153,17 @@ def tree_shardings(abstract_tree: Any, mesh: Mesh, rules) -> Any:
   return shardings
 
 
+def on_first_local_device(abstract_tree: Any) -> Any:
+  """``ShapeDtypeStruct`` leaves placed whole on this process's first device, for restoring.
+
+  A checkpoint's saved layout may name devices of another topology (written by 2 CPU devices or a
+  pod, read by one process with one device); restoring into this placement always works.
+  """
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
+                      strip_boxes(abstract_tree))
+
+
 def bytes_per_device(tree: Any) -> tuple[int, int, int]:
   """``(bytes on the most loaded device, total bytes, fully replicated bytes)`` of array leaves.
 

@@ -27,7 +27,7 @@ from vqd_jax import images as images_lib
 from vqd_jax import row_blocks
 from vqd_jax import text as text_lib
 from vqd_jax import transformer as transformer_lib
-from vqd_jax.sharding import strip_boxes
+from vqd_jax.sharding import on_first_local_device
 from vqd_jax.training import data as train_data
 from vqd_jax.training import optim as optim_lib
 from vqd_jax.training import state as state_lib
@@ -206,9 +206,7 @@ class DiffusionTask:
                settings: diffusion.SamplerConfig) -> np.ndarray:
     """uint8 images ``[B, H, W, 3]`` for ``prompts``."""
     ids, mask = self.tokenizer(list(prompts))
-    mesh = row_blocks.host_row_mesh()
-    if mesh is not None:  # the rows are split over host CPU devices: weights on all of them
-      params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    params = _on_row_devices(params)  # a no-op for load_trained's params
     tokens = self.generate_tokens(params, jnp.asarray(ids), jnp.asarray(mask), key, settings)
     # Through the host: the frozen autoencoder lives on one device, the tokens may span several.
     return np.asarray(self.vq.decode(np.asarray(tokens)))
@@ -245,7 +243,13 @@ def load_trained(workdir: str, step: int | None = None, use_ema: bool = True):
   example = {"text_ids": jnp.zeros((b, config.text.max_length), jnp.int32),
              "text_mask": jnp.ones((b, config.text.max_length), bool)}
   boxed = jax.eval_shape(task.init_state, jax.random.key(0), example)
-  state, _ = ckpt.restore(step, strip_boxes(boxed))
+  state, _ = ckpt.restore(step, on_first_local_device(boxed))
   ckpt.close()
   params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
-  return task, params, step
+  return task, _on_row_devices(params), step
+
+
+def _on_row_devices(params):
+  """``params`` replicated over the host CPU devices that sampling splits rows over, if any."""
+  mesh = row_blocks.host_row_mesh()
+  return params if mesh is None else jax.device_put(params, NamedSharding(mesh, PartitionSpec()))

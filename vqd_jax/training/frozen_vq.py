@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vqd_jax.sharding import strip_boxes
+from vqd_jax.sharding import on_first_local_device
 from vqd_jax.training import checkpoint as ckpt_lib
 
 
@@ -44,12 +44,8 @@ class FrozenVQ:
     task = VQVAETask(config, workdir)
     example = {"image": jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.uint8)}
     boxed = jax.eval_shape(task.init_state, jax.random.key(0), example)
-    # Each process restores its own copy on a local device: the checkpoint's saved layout may name
-    # devices of another topology (e.g. written by one process, read by each host of a pod).
-    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
-                            strip_boxes(boxed))
-    state, _ = ckpt.restore(step, abstract)
+    # Each process restores its own copy on a local device (e.g. each host of a pod).
+    state, _ = ckpt.restore(step, on_first_local_device(boxed))
     ckpt.close()
     params = state.ema_params if state.ema_params is not None else state.params
     return cls(task, params, state.extra)
