@@ -2,7 +2,8 @@ r"""Diffusion stage: the text-conditioned denoising transformer over VQ tokens.
 
 Presets (``--config configs/diffusion.py:<preset>``):
   tiny         unit tests and CPU smoke runs (seconds)
-  shapes       the quickstart: procedural shapes, 32x32 images -> 8x8 tokens, ~10 min on 2 CPU cores
+  shapes       the quickstart: procedural shapes, 32x32 images -> 8x8 tokens, about 12.5 min of
+               training (14.4 min for the whole quickstart) on 2 CPU cores
   shapes_long  the same data, longer training for a higher shapes score
   S, B, ithq   the VQ-Diffusion sizes (18x192, 19x1024, 36x1408) for 256x256 images -> 32x32 tokens
 
