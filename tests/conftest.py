@@ -8,7 +8,6 @@ import os
 os.environ.setdefault("XLA_FLAGS", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
@@ -29,4 +28,3 @@ def tiny_vq_dir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tiny_vq") / "run")
   frozen_vq.save_untrained(workdir, configs_io.load_config("configs/vqvae.py:tiny"))
   return workdir
-

@@ -48,7 +48,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from vqd_jax import diffusion, row_blocks
 from vqd_jax.diffusion.guidance import uses_guidance
@@ -99,8 +98,7 @@ class VQDiffusionPipeline:
     if c.null_embedding is not None:
       self.params["null_embedding"] = c.null_embedding
     # Device arrays once, so no call re-transfers host (numpy) weights to the accelerator.
-    self.params = jax.device_put(self.params, None if self.row_mesh is None else NamedSharding(
-        self.row_mesh, PartitionSpec()))
+    self.params = row_blocks.replicate(self.params, self.row_mesh)
     self._program = jax.jit(self._generate_impl, static_argnames=("options",))
     self._encode_prompt = jax.jit(self._text_states)
     self._denoise = jax.jit(self._denoise_rows, static_argnames=("chunk_rows",))
@@ -221,7 +219,7 @@ class VQDiffusionPipeline:
     args = (jnp.asarray(x_t, jnp.int32), jnp.asarray(text_states), jnp.asarray(t, jnp.int32),
             None if text_mask is None else jnp.asarray(text_mask, bool))
     if self.row_mesh is not None:  # inputs may live on one device (another pipeline's states)
-      args = jax.device_put(args, NamedSharding(self.row_mesh, PartitionSpec()))
+      args = row_blocks.replicate(args, self.row_mesh)
     return self._denoise(self.params, *args, chunk_rows=self.denoise_chunk_rows)
 
   def _decode_impl(self, params, tokens):

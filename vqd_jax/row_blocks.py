@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 ROW_AXIS = "rows"
 
@@ -65,6 +65,15 @@ def host_row_mesh(devices: list[jax.Device] | None = None) -> Mesh | None:
       or not jax.sharding.get_abstract_mesh().empty):
     return None
   return Mesh(np.array(devices), (ROW_AXIS,))
+
+
+def replicate(tree: Any, mesh: Mesh | None) -> Any:
+  """``tree`` on every device of ``mesh`` (the weights a row-sharded call closes over).
+
+  With ``mesh`` None, plain ``jax.device_put`` (numpy leaves become device arrays). A no-op for
+  leaves already placed so.
+  """
+  return jax.device_put(tree, None if mesh is None else NamedSharding(mesh, P()))
 
 
 def in_row_shards(fn: Callable[..., jax.Array], mesh: Mesh | None, chunk_rows: int | None,

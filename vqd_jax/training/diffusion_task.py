@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from vqd_jax import diffusion
 from vqd_jax import images as images_lib
@@ -193,8 +192,7 @@ class DiffusionTask:
     else:
       states, masks = cond, mask
 
-    def denoise(x_t, t):
-      t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), x_t.shape[:1])
+    def denoise(x_t, t):  # t [B'] (the sampler's contract), so every argument is row-wise
       return row_blocks.in_row_shards(
           lambda x, t, s, m: self.denoise_logits(params, x, t, s, m), row_blocks.host_row_mesh(),
           None, x_t, t, states, masks)
@@ -206,7 +204,7 @@ class DiffusionTask:
                settings: diffusion.SamplerConfig) -> np.ndarray:
     """uint8 images ``[B, H, W, 3]`` for ``prompts``."""
     ids, mask = self.tokenizer(list(prompts))
-    params = _on_row_devices(params)  # a no-op for load_trained's params
+    params = row_blocks.replicate(params, row_blocks.host_row_mesh())  # no-op after load_trained
     tokens = self.generate_tokens(params, jnp.asarray(ids), jnp.asarray(mask), key, settings)
     # Through the host: the frozen autoencoder lives on one device, the tokens may span several.
     return np.asarray(self.vq.decode(np.asarray(tokens)))
@@ -246,10 +244,5 @@ def load_trained(workdir: str, step: int | None = None, use_ema: bool = True):
   state, _ = ckpt.restore(step, on_first_local_device(boxed))
   ckpt.close()
   params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
-  return task, _on_row_devices(params), step
-
-
-def _on_row_devices(params):
-  """``params`` replicated over the host CPU devices that sampling splits rows over, if any."""
-  mesh = row_blocks.host_row_mesh()
-  return params if mesh is None else jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+  # On the host CPU devices sampling splits rows over, if any.
+  return task, row_blocks.replicate(params, row_blocks.host_row_mesh()), step
