@@ -75,6 +75,10 @@ def transformer_config_to_diffusers(fields: Mapping[str, Any]) -> dict[str, Any]
                      "export.")
   if fields["height"] != fields["width"]:
     raise ValueError("diffusers' Transformer2DModel has one sample_size: height must equal width.")
+  if fields.get("mlp_type", "fc") != "fc":
+    raise ValueError(f"diffusers' Transformer2DModel has only the fc MLP; a model with mlp_type="
+                     f"{fields['mlp_type']!r} cannot be exported to it (sample it with "
+                     "python -m vqd_jax.sample).")
   return dict(
       _class_name="Transformer2DModel",
       num_vector_embeds=fields["num_classes"] + 1,

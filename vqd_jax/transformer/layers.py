@@ -129,6 +129,48 @@ class FeedForward(nn.Module):
                  param_dtype=self.param_dtype)(x)
 
 
+MLP_TYPES = ("fc", "conv")
+
+
+class ConvFeedForward(nn.Module):
+  """The official ``Conv_MLP`` of VQ-Diffusion-S (``cub200_s.yaml``, ``mlp_type: conv_mlp``).
+
+  ``conv1`` (3x3, d -> hidden) -> GELU2 -> dropout -> ``conv2`` (3x3, hidden -> d) over the token
+  grid, zero-padded at its border: each token mixes with its 8 neighbours, which the fc MLP of the
+  diffusers layout cannot. Kernels are ``[3, 3, in, out]`` (torch ``Conv2d.weight`` transposed
+  ``(2, 3, 1, 0)``).
+  """
+  hidden: int
+  height: int
+  width: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    """x: [B, N, D] with N = height·width in raster order -> [B, N, D]."""
+    batch, length, features = x.shape
+    if length != self.height * self.width:
+      raise ValueError(f"ConvFeedForward needs {self.height}x{self.width} = "
+                       f"{self.height * self.width} tokens, got {length}.")
+    # torch.nn.Conv2d's default init: uniform with variance 1/(3·fan_in).
+    kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+    def conv(features_out, axes, name):
+      return nn.Conv(features_out, (3, 3), padding="SAME", name=name, dtype=self.dtype,
+                     param_dtype=self.param_dtype,
+                     kernel_init=nn.with_logical_partitioning(kernel_init, (None, None) + axes),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                            axes[1:]))
+
+    y = conv(self.hidden, ("embed", "mlp"), "conv1")(x.reshape(batch, self.height, self.width,
+                                                                features))
+    y = nn.Dropout(self.dropout)(approximate_gelu(y), deterministic=deterministic)
+    y = conv(features, ("mlp", "embed"), "conv2")(y)
+    return y.reshape(batch, length, features)
+
+
 def sincos_table(length: int, features: int, half: int, stddev: float) -> np.ndarray:
   """``[length, features]`` sinusoidal position table in channel half ``half`` (0 or 1), zeros in
   the other half, scaled to RMS ``stddev`` over its nonzero half.

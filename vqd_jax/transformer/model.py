@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from vqd_jax.transformer.attention import Attention
-from vqd_jax.transformer.layers import (ACTIVATION_AXES, AdaLayerNorm, FeedForward,
-                                        LatentImageEmbedding, dense, layer_norm)
+from vqd_jax.transformer.layers import (ACTIVATION_AXES, MLP_TYPES, AdaLayerNorm, ConvFeedForward,
+                                        FeedForward, LatentImageEmbedding, dense, layer_norm)
 
 Dtype = Any
 
@@ -44,6 +44,8 @@ class TransformerBlock(nn.Module):
   num_embeds_ada_norm: int
   mlp_ratio: int = 4
   dropout: float = 0.0
+  mlp_type: str = "fc"
+  grid: tuple[int, int] = (0, 0)  # (height, width) of the token grid, for the conv MLP.
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -63,8 +65,12 @@ class TransformerBlock(nn.Module):
         x, text_states, key_mask=text_mask, bias=cross_attention_bias, deterministic=deterministic)
     h = nn.with_logical_constraint(h, ACTIVATION_AXES)
     x = layer_norm(name="norm3", **kw)(h)
-    h = h + FeedForward(self.mlp_ratio * width, dropout=self.dropout, name="ff", **kw)(
-        x, deterministic=deterministic)
+    if self.mlp_type == "fc":
+      ff = FeedForward(self.mlp_ratio * width, dropout=self.dropout, name="ff", **kw)
+    else:
+      ff = ConvFeedForward(self.mlp_ratio * width, *self.grid, dropout=self.dropout, name="ff",
+                           **kw)
+    h = h + ff(x, deterministic=deterministic)
     return nn.with_logical_constraint(h, ACTIVATION_AXES)
 
 
@@ -89,6 +95,9 @@ class Text2ImageTransformer(nn.Module):
   param_dtype: Dtype = jnp.float32
   remat: bool = False  # Recompute each block in the backward pass (less memory, ~1/3 more compute).
   position_init: str = "normal"  # or "sincos": see LatentImageEmbedding.
+  # "fc" (diffusers layout; B, ITHQ) or "conv" (the official Conv_MLP of VQ-Diffusion-S, 3x3
+  # convolutions over the token grid; not loadable by diffusers): see ConvFeedForward.
+  mlp_type: str = "fc"
 
   @property
   def num_tokens(self) -> int:
@@ -122,9 +131,12 @@ class Text2ImageTransformer(nn.Module):
     if self.remat:
       # Argument 6 (counting self as 0) is `deterministic`, a Python bool.
       block_cls = nn.remat(TransformerBlock, static_argnums=(6,))
+    if self.mlp_type not in MLP_TYPES:
+      raise ValueError(f"mlp_type must be one of {MLP_TYPES}, got {self.mlp_type!r}.")
     for i in range(self.num_layers):
       h = block_cls(self.num_heads, self.head_dim, self.num_embeds_ada_norm, self.mlp_ratio,
-                    self.dropout, name=f"transformer_blocks_{i}", **kw)(
+                    self.dropout, self.mlp_type, (self.height, self.width),
+                    name=f"transformer_blocks_{i}", **kw)(
                         h, t, text_states, text_mask, cross_attention_bias, deterministic)
     h = layer_norm(name="norm_out", **kw)(h)
     logits = dense(self.num_classes, ("embed", "vocab"), name="out", **kw)(h)
