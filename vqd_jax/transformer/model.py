@@ -7,6 +7,7 @@ Architecture (official ``Text2ImageTransformer`` = diffusers ``Transformer2DMode
     h = h + attn1(norm1(h, t))                      # AdaLN(t) -> self-attention
     h = h + attn2(norm2(h, t), text)                # AdaLN(t) -> cross-attention to text states
     h = h + ff(norm3(h))                            # LayerNorm -> Linear(d, 4d) -> GELU2 -> Linear
+                                                    # (mlp_type="conv": the official Conv_MLP)
   log p(x0 | x_t) = log_softmax(out(norm_out(h)))    # [B, N, K]
 
 Differences from diffusers, on purpose:
