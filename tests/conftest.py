@@ -8,6 +8,13 @@ import os
 os.environ.setdefault("XLA_FLAGS", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Loaded before any test: tensorflow_datasets imports its dependencies inside etils' lazy-import
+# context, and if a ResourceWarning from a collected object is formatted while that context is
+# active, the warnings module's first `import tracemalloc` gets lazy stand-ins for its own imports
+# and fails ("'LazyModule' object is not callable"), failing whichever test is running (seen once
+# in CI, in test_data_convert).
+import tracemalloc  # noqa: E402,F401  pylint: disable=unused-import
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
