@@ -51,6 +51,21 @@ def test_diffusion_kill_and_resume_gives_the_same_next_losses(tmp_path, tiny_vq_
   _assert_resume_matches("configs/diffusion.py:tiny", tmp_path, vqvae_workdir=tiny_vq_dir)
 
 
+def test_quickstart_architecture_resumes_exactly_and_samples(tmp_path, tiny_vq_dir):
+  """Token patches and the conv MLP (the quickstart's denoiser) through the whole loop."""
+  arch = {"model.patch_size": 2, "model.mlp_type": "conv", "model.mlp_ratio": 2}
+  _assert_resume_matches("configs/diffusion.py:tiny", tmp_path, vqvae_workdir=tiny_vq_dir, **arch)
+  from vqd_jax import diffusion, sample  # pylint: disable=import-outside-toplevel
+  from vqd_jax.training.diffusion_task import load_trained  # pylint: disable=import-outside-toplevel
+  task, params, step = load_trained(str(tmp_path / "resumed"))
+  assert step == 4 and task.transformer.patch_size == 2 and task.transformer.mlp_type == "conv"
+  out = str(tmp_path / "samples")
+  settings = diffusion.SamplerConfig(**task.config.sampling.to_dict())
+  sample.generate_to_folder(task, params, ["a large red circle"], out, num_samples=1,
+                            settings=settings, seed=0)
+  assert os.path.exists(os.path.join(out, "00000.png"))
+
+
 def test_unrestorable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(_config("configs/vqvae.py:tiny"), workdir, stop_after=2)

@@ -79,6 +79,10 @@ def transformer_config_to_diffusers(fields: Mapping[str, Any]) -> dict[str, Any]
     raise ValueError(f"diffusers' Transformer2DModel has only the fc MLP; a model with mlp_type="
                      f"{fields['mlp_type']!r} cannot be exported to it (sample it with "
                      "python -m vqd_jax.sample).")
+  if fields.get("patch_size", 1) != 1:
+    raise ValueError(f"diffusers' Transformer2DModel has one position per token; a model with "
+                     f"patch_size={fields['patch_size']} cannot be exported to it (sample it with "
+                     "python -m vqd_jax.sample).")
   return dict(
       _class_name="Transformer2DModel",
       num_vector_embeds=fields["num_classes"] + 1,

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqd_jax.transformer import patches
+
 Dtype = Any
 AxisNames = Sequence[str | None]
 
@@ -198,29 +200,40 @@ class LatentImageEmbedding(nn.Module):
   column tables start as a 2-D sin-cos embedding, see :func:`sincos_table`, and are still
   learned). The latter gives attention spatial structure from the first step; the quickstart
   uses it (not compared against "normal" at equal settings yet).
+
+  With ``patch_size = p > 1`` (see :mod:`vqd_jax.transformer.patches`) each position is a ``p x p``
+  block of tokens: ``emb`` holds ``p²`` tables of ``num_embed`` rows, one per slot of the block,
+  summed, and the row/column tables cover the ``(height/p) x (width/p)`` grid of blocks.
   """
   num_embed: int  # K + 1 rows: K codes and the [MASK] token (index K).
-  height: int
+  height: int  # Token grid, not divided by patch_size.
   width: int
   features: int
   position_init: str = "normal"
+  patch_size: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens: jax.Array) -> jax.Array:
-    """tokens: [B, N] int with N = height·width. Returns [B, N, D]."""
+    """tokens: [B, N] int with N = height·width. Returns [B, M, D], M = N / patch_size²."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    emb = embed(self.num_embed, self.features, ("vocab", "embed"), name="emb", **kw)(tokens)
+    p = self.patch_size
+    gh, gw = patches.check_patch_grid(self.height, self.width, p)
+    table = embed(self.num_embed * p * p, self.features, ("vocab", "embed"), name="emb", **kw)
+    if p == 1:
+      emb = table(tokens)
+    else:
+      emb = table(patches.slot_ids(tokens, self.height, self.width, p, self.num_embed)).sum(-2)
     if self.position_init not in ("normal", "sincos"):
       raise ValueError(f"position_init must be 'normal' or 'sincos', got {self.position_init!r}.")
     inits = [None, None]
     if self.position_init == "sincos":
       inits = [_constant_init(sincos_table(n, self.features, half, DEFAULT_INIT_STDDEV))
-               for half, n in enumerate((self.height, self.width))]
-    rows = embed(self.height, self.features, ("length", "embed"), name="height_emb",
-                 init=inits[0], **kw)(jnp.arange(self.height))
-    cols = embed(self.width, self.features, ("length", "embed"), name="width_emb",
-                 init=inits[1], **kw)(jnp.arange(self.width))
-    positions = (rows[:, None, :] + cols[None, :, :]).reshape(self.height * self.width, -1)
+               for half, n in enumerate((gh, gw))]
+    rows = embed(gh, self.features, ("length", "embed"), name="height_emb",
+                 init=inits[0], **kw)(jnp.arange(gh))
+    cols = embed(gw, self.features, ("length", "embed"), name="width_emb",
+                 init=inits[1], **kw)(jnp.arange(gw))
+    positions = (rows[:, None, :] + cols[None, :, :]).reshape(gh * gw, -1)
     return emb + positions[None]

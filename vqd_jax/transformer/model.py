@@ -10,6 +10,9 @@ Architecture (official ``Text2ImageTransformer`` = diffusers ``Transformer2DMode
                                                     # (mlp_type="conv": the official Conv_MLP)
   log p(x0 | x_t) = log_softmax(out(norm_out(h)))    # [B, N, K]
 
+``patch_size = p > 1`` runs the blocks over p x p blocks of tokens (see ``transformer.patches``):
+about p² times less compute per image, same inputs and outputs, not the official layout.
+
 Differences from diffusers, on purpose:
 * ``t`` is per sample ([B]); diffusers takes one scalar timestep per batch, which rules out training.
 * The output is channels-last ``[B, N, K]`` (diffusers: ``[B, K, N]``).
@@ -28,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqd_jax.transformer import patches
 from vqd_jax.transformer.attention import Attention
 from vqd_jax.transformer.layers import (ACTIVATION_AXES, MLP_TYPES, AdaLayerNorm, ConvFeedForward,
                                         FeedForward, LatentImageEmbedding, dense, layer_norm)
@@ -99,6 +103,8 @@ class Text2ImageTransformer(nn.Module):
   # "fc" (diffusers layout; B, ITHQ) or "conv" (the official Conv_MLP of VQ-Diffusion-S, 3x3
   # convolutions over the token grid; not loadable by diffusers): see ConvFeedForward.
   mlp_type: str = "fc"
+  # Tokens per position along each side (1 = official: one position per token); see patches.py.
+  patch_size: int = 1
 
   @property
   def num_tokens(self) -> int:
@@ -124,9 +130,16 @@ class Text2ImageTransformer(nn.Module):
     t = self._check_inputs(x_t, t, text_states, text_mask, cross_attention_bias)
     width = self.num_heads * self.head_dim
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    p = self.patch_size
+    grid = patches.check_patch_grid(self.height, self.width, p)
+    if cross_attention_bias is not None and p > 1:
+      # One query per block: the block's tokens share its attention, so their biases are averaged.
+      cross_attention_bias = patches.to_patches(
+          jnp.moveaxis(cross_attention_bias, 2, 1), self.height, self.width, p).mean(2)
+      cross_attention_bias = jnp.moveaxis(cross_attention_bias, 1, 2)
     h = LatentImageEmbedding(self.num_classes + 1, self.height, self.width, width,
-                             position_init=self.position_init, name="latent_image_embedding",
-                             **kw)(x_t)
+                             position_init=self.position_init, patch_size=p,
+                             name="latent_image_embedding", **kw)(x_t)
     h = nn.with_logical_constraint(h, ACTIVATION_AXES)
     block_cls = TransformerBlock
     if self.remat:
@@ -136,11 +149,14 @@ class Text2ImageTransformer(nn.Module):
       raise ValueError(f"mlp_type must be one of {MLP_TYPES}, got {self.mlp_type!r}.")
     for i in range(self.num_layers):
       h = block_cls(self.num_heads, self.head_dim, self.num_embeds_ada_norm, self.mlp_ratio,
-                    self.dropout, self.mlp_type, (self.height, self.width),
+                    self.dropout, self.mlp_type, grid,
                     name=f"transformer_blocks_{i}", **kw)(
                         h, t, text_states, text_mask, cross_attention_bias, deterministic)
     h = layer_norm(name="norm_out", **kw)(h)
-    logits = dense(self.num_classes, ("embed", "vocab"), name="out", **kw)(h)
+    logits = dense(self.num_classes * p * p, ("embed", "vocab"), name="out", **kw)(h)
+    if p > 1:  # [B, M, p²·K] -> [B, N, K] in raster order
+      logits = patches.from_patches(logits.reshape(*logits.shape[:2], p * p, self.num_classes),
+                                    self.height, self.width, p)
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return nn.with_logical_constraint(log_p, ("activation_batch", "activation_length", None))
 
