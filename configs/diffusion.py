@@ -5,8 +5,8 @@ Presets (``--config configs/diffusion.py:<preset>``):
   shapes       the quickstart: procedural shapes, 32x32 images -> 8x8 tokens (2x2 token patches,
                conv MLP), 12 min of training (13.6 min for the whole quickstart) on 2 CPU cores,
                shapes score 0.42 (see README)
-  shapes_long  the same data, the base layout, 20,000 steps: 65 min for the whole quickstart --long on 2 CPU cores,
-               shapes score 0.66 (see README)
+  shapes_long  the same data, the base layout, 20,000 steps: 65 min for the whole quickstart
+               --long on 2 CPU cores, shapes score 0.66 (see README)
   S, B, ithq   the VQ-Diffusion sizes (18x192, 19x1024, 36x1408) for 256x256 images -> 32x32 tokens
 
 Any field can be overridden: ``--config.train.num_steps=2000 --config.model.num_layers=4``.
