@@ -221,10 +221,7 @@ class LatentImageEmbedding(nn.Module):
     p = self.patch_size
     gh, gw = patches.check_patch_grid(self.height, self.width, p)
     table = embed(self.num_embed * p * p, self.features, ("vocab", "embed"), name="emb", **kw)
-    if p == 1:
-      emb = table(tokens)
-    else:
-      emb = table(patches.slot_ids(tokens, self.height, self.width, p, self.num_embed)).sum(-2)
+    emb = table(patches.slot_ids(tokens, self.height, self.width, p, self.num_embed)).sum(-2)
     if self.position_init not in ("normal", "sincos"):
       raise ValueError(f"position_init must be 'normal' or 'sincos', got {self.position_init!r}.")
     inits = [None, None]

@@ -132,8 +132,9 @@ class Text2ImageTransformer(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p = self.patch_size
     grid = patches.check_patch_grid(self.height, self.width, p)
-    if cross_attention_bias is not None and p > 1:
-      # One query per block: the block's tokens share its attention, so their biases are averaged.
+    if cross_attention_bias is not None:
+      # One query per block: the block's tokens share its attention, so their biases are averaged
+      # (the identity when p = 1).
       cross_attention_bias = patches.to_patches(
           jnp.moveaxis(cross_attention_bias, 2, 1), self.height, self.width, p).mean(2)
       cross_attention_bias = jnp.moveaxis(cross_attention_bias, 1, 2)
@@ -154,9 +155,9 @@ class Text2ImageTransformer(nn.Module):
                         h, t, text_states, text_mask, cross_attention_bias, deterministic)
     h = layer_norm(name="norm_out", **kw)(h)
     logits = dense(self.num_classes * p * p, ("embed", "vocab"), name="out", **kw)(h)
-    if p > 1:  # [B, M, p²·K] -> [B, N, K] in raster order
-      logits = patches.from_patches(logits.reshape(*logits.shape[:2], p * p, self.num_classes),
-                                    self.height, self.width, p)
+    # [B, M, p²·K] -> [B, N, K] in raster order (a plain reshape when p = 1).
+    logits = patches.from_patches(logits.reshape(*logits.shape[:2], p * p, self.num_classes),
+                                  self.height, self.width, p)
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return nn.with_logical_constraint(log_p, ("activation_batch", "activation_length", None))
 
