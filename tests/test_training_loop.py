@@ -52,13 +52,19 @@ def test_diffusion_kill_and_resume_gives_the_same_next_losses(tmp_path, tiny_vq_
 
 
 def test_quickstart_architecture_resumes_exactly_and_samples(tmp_path, tiny_vq_dir):
-  """Token patches and the conv MLP (the quickstart's denoiser) through the whole loop."""
-  arch = {"model.patch_size": 2, "model.mlp_type": "conv", "model.mlp_ratio": 2}
+  """The quickstart's denoiser layout (token patches, Mix-FFN, relative position bias), read from
+  its preset, through the whole loop at the tiny size."""
+  shapes = _config("configs/diffusion.py:shapes").model
+  arch = {f"model.{k}": shapes[k]
+          for k in ("patch_size", "mlp_type", "mlp_ratio", "relative_position_bias")}
+  assert arch["model.patch_size"] > 1 and arch["model.relative_position_bias"]
   _assert_resume_matches("configs/diffusion.py:tiny", tmp_path, vqvae_workdir=tiny_vq_dir, **arch)
   from vqd_jax import diffusion, sample  # pylint: disable=import-outside-toplevel
   from vqd_jax.training.diffusion_task import load_trained  # pylint: disable=import-outside-toplevel
   task, params, step = load_trained(str(tmp_path / "resumed"))
-  assert step == 4 and task.transformer.patch_size == 2 and task.transformer.mlp_type == "conv"
+  assert step == 4 and task.transformer.patch_size == arch["model.patch_size"]
+  assert task.transformer.mlp_type == arch["model.mlp_type"]
+  assert task.transformer.relative_position_bias
   out = str(tmp_path / "samples")
   settings = diffusion.SamplerConfig(**task.config.sampling.to_dict())
   sample.generate_to_folder(task, params, ["a large red circle"], out, num_samples=1,

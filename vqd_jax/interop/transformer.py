@@ -83,6 +83,10 @@ def transformer_config_to_diffusers(fields: Mapping[str, Any]) -> dict[str, Any]
     raise ValueError(f"diffusers' Transformer2DModel has one position per token; a model with "
                      f"patch_size={fields['patch_size']} cannot be exported to it (sample it with "
                      "python -m vqd_jax.sample).")
+  if fields.get("relative_position_bias", False):
+    raise ValueError("diffusers' Transformer2DModel has no relative position bias; a model with "
+                     "relative_position_bias=True cannot be exported to it (sample it with "
+                     "python -m vqd_jax.sample).")
   return dict(
       _class_name="Transformer2DModel",
       num_vector_embeds=fields["num_classes"] + 1,

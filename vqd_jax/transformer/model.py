@@ -7,7 +7,8 @@ Architecture (official ``Text2ImageTransformer`` = diffusers ``Transformer2DMode
     h = h + attn1(norm1(h, t))                      # AdaLN(t) -> self-attention
     h = h + attn2(norm2(h, t), text)                # AdaLN(t) -> cross-attention to text states
     h = h + ff(norm3(h))                            # LayerNorm -> Linear(d, 4d) -> GELU2 -> Linear
-                                                    # (mlp_type="conv": the official Conv_MLP)
+                                                    # (mlp_type="conv": the official Conv_MLP;
+                                                    # "mix": fc + depthwise 3x3, Mix-FFN)
   log p(x0 | x_t) = log_softmax(out(norm_out(h)))    # [B, N, K]
 
 ``patch_size = p > 1`` runs the blocks over p x p blocks of tokens (see ``transformer.patches``):
@@ -33,8 +34,10 @@ import jax.numpy as jnp
 
 from vqd_jax.transformer import patches
 from vqd_jax.transformer.attention import Attention
+from vqd_jax.transformer.relative_position import RelativePositionBias
 from vqd_jax.transformer.layers import (ACTIVATION_AXES, MLP_TYPES, AdaLayerNorm, ConvFeedForward,
-                                        FeedForward, LatentImageEmbedding, dense, layer_norm)
+                                        FeedForward, LatentImageEmbedding, MixFeedForward, dense,
+                                        layer_norm)
 
 Dtype = Any
 
@@ -50,7 +53,8 @@ class TransformerBlock(nn.Module):
   mlp_ratio: int = 4
   dropout: float = 0.0
   mlp_type: str = "fc"
-  grid: tuple[int, int] = (0, 0)  # (height, width) of the token grid, for the conv MLP.
+  grid: tuple[int, int] = (0, 0)  # (height, width) of the position grid (conv MLPs, rel. bias).
+  relative_position_bias: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -63,7 +67,11 @@ class TransformerBlock(nn.Module):
     attn = dict(num_heads=self.num_heads, head_dim=self.head_dim, dropout=self.dropout, **kw)
     width = h.shape[-1]
     x = AdaLayerNorm(self.num_embeds_ada_norm, name="norm1", **kw)(h, t)
-    h = h + Attention(name="attn1", **attn)(x, deterministic=deterministic)
+    self_bias = None
+    if self.relative_position_bias:
+      self_bias = RelativePositionBias(self.num_heads, *self.grid, param_dtype=self.param_dtype,
+                                       name="attn1_relative_position")()
+    h = h + Attention(name="attn1", **attn)(x, bias=self_bias, deterministic=deterministic)
     h = nn.with_logical_constraint(h, ACTIVATION_AXES)
     x = AdaLayerNorm(self.num_embeds_ada_norm, name="norm2", **kw)(h, t)
     h = h + Attention(kv_axis="text_embed", name="attn2", **attn)(
@@ -73,8 +81,8 @@ class TransformerBlock(nn.Module):
     if self.mlp_type == "fc":
       ff = FeedForward(self.mlp_ratio * width, dropout=self.dropout, name="ff", **kw)
     else:
-      ff = ConvFeedForward(self.mlp_ratio * width, *self.grid, dropout=self.dropout, name="ff",
-                           **kw)
+      conv_type = ConvFeedForward if self.mlp_type == "conv" else MixFeedForward
+      ff = conv_type(self.mlp_ratio * width, *self.grid, dropout=self.dropout, name="ff", **kw)
     h = h + ff(x, deterministic=deterministic)
     return nn.with_logical_constraint(h, ACTIVATION_AXES)
 
@@ -100,11 +108,14 @@ class Text2ImageTransformer(nn.Module):
   param_dtype: Dtype = jnp.float32
   remat: bool = False  # Recompute each block in the backward pass (less memory, ~1/3 more compute).
   position_init: str = "normal"  # or "sincos": see LatentImageEmbedding.
-  # "fc" (diffusers layout; B, ITHQ) or "conv" (the official Conv_MLP of VQ-Diffusion-S, 3x3
-  # convolutions over the token grid; not loadable by diffusers): see ConvFeedForward.
+  # "fc" (diffusers layout; B, ITHQ), "conv" (the official Conv_MLP of VQ-Diffusion-S, 3x3
+  # convolutions over the token grid) or "mix" (fc + 3x3 depthwise conv, SegFormer's Mix-FFN);
+  # the last two are not loadable by diffusers: see ConvFeedForward, MixFeedForward.
   mlp_type: str = "fc"
   # Tokens per position along each side (1 = official: one position per token); see patches.py.
   patch_size: int = 1
+  # A learned 2-D relative position bias in every self-attention; see relative_position.py.
+  relative_position_bias: bool = False
 
   @property
   def num_tokens(self) -> int:
@@ -150,7 +161,7 @@ class Text2ImageTransformer(nn.Module):
       raise ValueError(f"mlp_type must be one of {MLP_TYPES}, got {self.mlp_type!r}.")
     for i in range(self.num_layers):
       h = block_cls(self.num_heads, self.head_dim, self.num_embeds_ada_norm, self.mlp_ratio,
-                    self.dropout, self.mlp_type, grid,
+                    self.dropout, self.mlp_type, grid, self.relative_position_bias,
                     name=f"transformer_blocks_{i}", **kw)(
                         h, t, text_states, text_mask, cross_attention_bias, deterministic)
     h = layer_norm(name="norm_out", **kw)(h)
