@@ -184,10 +184,9 @@ class ConvFeedForward(GridFeedForward):
 def depthwise_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """Zero-padded 3x3 depthwise convolution: x [B, H, W, C], kernel [3, 3, C] -> [B, H, W, C].
 
-  Nine shifted multiply-adds rather than ``lax.conv`` with ``feature_group_count=C``: on the small
-  grids here that is as fast on every backend and avoids XLA CPU's slow grouped convolutions.
-  ``kernel[dy, dx]`` weighs the neighbour at offset ``(dy - 1, dx - 1)`` (cross-correlation, like
-  ``nn.Conv``).
+  Written as nine shifted multiply-adds (elementwise ops any backend fuses) rather than a grouped
+  ``lax.conv``. ``kernel[dy, dx]`` weighs the neighbour at offset ``(dy - 1, dx - 1)``
+  (cross-correlation, like ``nn.Conv``).
   """
   height, width = x.shape[1], x.shape[2]
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))

@@ -34,10 +34,10 @@ import jax.numpy as jnp
 
 from vqd_jax.transformer import patches
 from vqd_jax.transformer.attention import Attention
-from vqd_jax.transformer.relative_position import RelativePositionBias
 from vqd_jax.transformer.layers import (ACTIVATION_AXES, MLP_TYPES, AdaLayerNorm, ConvFeedForward,
                                         FeedForward, LatentImageEmbedding, MixFeedForward, dense,
                                         layer_norm)
+from vqd_jax.transformer.relative_position import RelativePositionBias
 
 Dtype = Any
 
