@@ -68,6 +68,14 @@ def transformer_config_from_diffusers(config: Mapping[str, Any]) -> dict[str, An
   )
 
 
+# vqd_jax extensions diffusers cannot hold: field -> (the official value, what diffusers has instead).
+_DIFFUSERS_ONLY = {
+    "mlp_type": ("fc", "only the fc MLP"),
+    "patch_size": (1, "one position per token"),
+    "relative_position_bias": (False, "no relative position bias"),
+}
+
+
 def transformer_config_to_diffusers(fields: Mapping[str, Any]) -> dict[str, Any]:
   """The diffusers ``Transformer2DModel`` config of ``Text2ImageTransformer(**fields)``, for export."""
   if fields.get("mlp_ratio", 4) != 4:
@@ -75,18 +83,11 @@ def transformer_config_to_diffusers(fields: Mapping[str, Any]) -> dict[str, Any]
                      "export.")
   if fields["height"] != fields["width"]:
     raise ValueError("diffusers' Transformer2DModel has one sample_size: height must equal width.")
-  if fields.get("mlp_type", "fc") != "fc":
-    raise ValueError(f"diffusers' Transformer2DModel has only the fc MLP; a model with mlp_type="
-                     f"{fields['mlp_type']!r} cannot be exported to it (sample it with "
-                     "python -m vqd_jax.sample).")
-  if fields.get("patch_size", 1) != 1:
-    raise ValueError(f"diffusers' Transformer2DModel has one position per token; a model with "
-                     f"patch_size={fields['patch_size']} cannot be exported to it (sample it with "
-                     "python -m vqd_jax.sample).")
-  if fields.get("relative_position_bias", False):
-    raise ValueError("diffusers' Transformer2DModel has no relative position bias; a model with "
-                     "relative_position_bias=True cannot be exported to it (sample it with "
-                     "python -m vqd_jax.sample).")
+  for field, (official, layout) in _DIFFUSERS_ONLY.items():
+    value = fields.get(field, official)
+    if value != official:
+      raise ValueError(f"diffusers' Transformer2DModel has {layout}; a model with {field}={value!r} "
+                       "cannot be exported to it (sample it with python -m vqd_jax.sample).")
   return dict(
       _class_name="Transformer2DModel",
       num_vector_embeds=fields["num_classes"] + 1,

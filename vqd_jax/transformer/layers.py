@@ -190,12 +190,8 @@ def depthwise_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """
   height, width = x.shape[1], x.shape[2]
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  out = None
-  for dy in range(3):
-    for dx in range(3):
-      term = padded[:, dy:dy + height, dx:dx + width, :] * kernel[dy, dx]
-      out = term if out is None else out + term
-  return out
+  return sum(padded[:, dy:dy + height, dx:dx + width, :] * kernel[dy, dx]
+             for dy in range(3) for dx in range(3))
 
 
 class MixFeedForward(GridFeedForward):
