@@ -11,6 +11,7 @@ from vqd_jax.diffusion import diffusion_loss
 from vqd_jax.diffusion import importance_weights
 from vqd_jax.diffusion import multinomial_kl
 from vqd_jax.diffusion import sample_timesteps
+from vqd_jax.diffusion import sample_top_timesteps
 from vqd_jax.diffusion import update_history
 
 K, T, N = 4, 8, 6
@@ -117,6 +118,17 @@ def test_timesteps_stay_uniform_without_importance_sampling():
   counts = np.bincount(np.asarray(t), minlength=T)
   chi2 = np.sum((counts - 1000.0) ** 2 / 1000.0)
   assert chi2 < 40.0, counts  # df = 7: p < 1e-5 (the sqrt-history weights would give ~770)
+
+
+def test_top_timesteps_are_uniform_over_the_top_range():
+  t, pt = jax.jit(sample_top_timesteps, static_argnums=(1, 2, 3))(jax.random.key(1), 6000, 5, T)
+  np.testing.assert_allclose(pt, 1.0 / (T - 5))
+  counts = np.bincount(np.asarray(t), minlength=T)
+  assert counts[:5].sum() == 0
+  chi2 = np.sum((counts[5:] - 2000.0) ** 2 / 2000.0)
+  assert chi2 < 25.0, counts  # df = 2: p < 1e-5
+  with pytest.raises(ValueError, match="first must be in"):
+    sample_top_timesteps(jax.random.key(1), 4, T, T)
 
 
 def test_importance_sampling_follows_sqrt_history_with_decoder_override():

@@ -62,6 +62,21 @@ def test_attention_is_bidirectional(encoder_and_params):
   assert float(jnp.abs(later_changed[1, 0] - states[1, 0]).max()) > 1e-3
 
 
+def test_causal_states_are_those_of_each_prefix_alone(encoder_and_params):
+  """Independent truth for causal=True: the state at position i is what the encoder computes for
+  the prefix ids[:i+1] on its own (nothing later can reach it)."""
+  bidirectional, _, params = encoder_and_params
+  encoder = bidirectional.clone(causal=True)
+  ids, mask = _ids()
+  states = encoder.apply({"params": params}, ids, mask)
+  for i in range(MAX_LEN):
+    prefix = encoder.apply({"params": params}, ids[1:, :i + 1], mask[1:, :i + 1])
+    np.testing.assert_allclose(states[1, i], prefix[0, i], atol=1e-5)
+  # The same weights without the causal mask do let later tokens in.
+  assert float(jnp.abs(bidirectional.apply({"params": params}, ids, mask)[1, :6] -
+                       states[1, :6]).max()) > 1e-3
+
+
 def test_encode_is_the_protocol(encoder_and_params):
   encoder, _, params = encoder_and_params
   ids, mask = _ids()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -43,10 +44,21 @@ def _set(config: ml_collections.ConfigDict, dotted: str, value: str) -> None:
     node = node[p]
   old = node[leaf]
   if isinstance(old, bool):
-    node[leaf] = value.lower() in ("1", "true", "yes")
+    truth = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+    if value.lower() not in truth:
+      raise ValueError(f"{dotted}={value!r}: expected a boolean (true/false, 1/0, yes/no).")
+    node[leaf] = truth[value.lower()]
   elif isinstance(old, int):
     node[leaf] = int(value)
   elif isinstance(old, float):
     node[leaf] = float(value)
+  elif isinstance(old, (list, tuple)):
+    try:
+      parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError) as e:
+      raise ValueError(f"{dotted}={value!r}: expected a Python list such as [1.0, 0.0].") from e
+    if not isinstance(parsed, (list, tuple)):
+      raise ValueError(f"{dotted}={value!r}: expected a list, like its default {list(old)}.")
+    node[leaf] = type(old)(parsed)
   else:
     node[leaf] = value

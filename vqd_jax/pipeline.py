@@ -59,7 +59,8 @@ from vqd_jax.vqvae import tokens as vq_tokens
 # The Text2ImageTransformer fields that describe a trained model (dtype and remat are run options).
 TRANSFORMER_FIELDS = ("num_classes", "height", "width", "num_layers", "num_heads", "head_dim",
                       "cross_attention_dim", "num_embeds_ada_norm", "mlp_ratio", "dropout",
-                      "mlp_type", "patch_size", "relative_position_bias")
+                      "mlp_type", "patch_size", "relative_position_bias",
+                      "pooled_text_adaln")
 
 
 @dataclasses.dataclass(frozen=True)

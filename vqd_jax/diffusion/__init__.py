@@ -31,6 +31,7 @@ from vqd_jax.diffusion.losses import diffusion_loss
 from vqd_jax.diffusion.losses import importance_weights
 from vqd_jax.diffusion.losses import multinomial_kl
 from vqd_jax.diffusion.losses import sample_timesteps
+from vqd_jax.diffusion.losses import sample_top_timesteps
 from vqd_jax.diffusion.losses import update_history
 from vqd_jax.diffusion.process import MaskAndReplace
 from vqd_jax.diffusion.sampling import Denoiser
@@ -45,5 +46,5 @@ __all__ = [
     "SamplerConfig", "classifier_free_guidance", "cumulative_schedule", "diffusion_loss",
     "evaluation_times", "importance_weights", "index_to_log_onehot", "log_add_exp",
     "log_onehot_to_index", "multinomial_kl", "prepare_log_x0", "sample", "sample_categorical",
-    "sample_timesteps", "truncate", "update_history", "uses_guidance",
+    "sample_timesteps", "sample_top_timesteps", "truncate", "update_history", "uses_guidance",
 ]

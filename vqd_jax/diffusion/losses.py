@@ -84,6 +84,19 @@ def sample_timesteps(key: jax.Array, history: LossHistory, batch_size: int,
   return t, pt
 
 
+def sample_top_timesteps(key: jax.Array, batch_size: int, first: int, num_timesteps: int
+                         ) -> tuple[jax.Array, jax.Array]:
+  """``t [B]`` uniform on ``first..T-1`` and its probability ``pt [B] = 1 / (T - first)``.
+
+  The layout warm-up of the diffusion task draws t from here: at these times (nearly) every token
+  is masked, so the model can only learn where the caption puts things.
+  """
+  if not 0 <= first < num_timesteps:
+    raise ValueError(f"first must be in [0, {num_timesteps}), got {first}.")
+  t = jax.random.randint(key, (batch_size,), first, num_timesteps, jnp.int32)
+  return t, jnp.full((batch_size,), 1.0 / (num_timesteps - first), jnp.float32)
+
+
 def update_history(history: LossHistory, t: jax.Array, lt: jax.Array) -> LossHistory:
   """Folds a batch of per-example terms ``lt [B]`` at times ``t [B]`` into the history.
 

@@ -43,6 +43,8 @@ VQD_TEXT_COMPONENTS = ("vqd_jax_text_encoder", "vqd_jax_tokenizer")
 WORD_TOKENIZER_FILE = "tokenizer.json"
 VQD_TEXT_WEIGHTS = "model.safetensors"
 TEXT_ENCODER_FIELDS = ("vocab_size", "max_length", "width", "num_layers", "num_heads", "mlp_ratio")
+# Written on export; absent from exports made before they existed, which had their default.
+OPTIONAL_TEXT_ENCODER_FIELDS = {"causal": False}
 
 # diffusers VQDiffusionScheduler endpoints of Ā and C̄ for each vqd_jax schedule name.
 _RELEASED_ENDPOINTS = dict(alpha_cum_start=0.99999, alpha_cum_end=0.000009,
@@ -153,7 +155,9 @@ def load_vqd_text_encoder(directory: str, dtype: Any = jnp.float32):
   missing = [k for k in TEXT_ENCODER_FIELDS if k not in config]
   if missing:
     raise ValueError(f"{directory}/config.json lacks the TextEncoder fields {missing}.")
-  module = text_lib.TextEncoder(**{k: config[k] for k in TEXT_ENCODER_FIELDS}, dtype=dtype)
+  fields = {k: config[k] for k in TEXT_ENCODER_FIELDS}
+  fields.update({k: config.get(k, default) for k, default in OPTIONAL_TEXT_ENCODER_FIELDS.items()})
+  module = text_lib.TextEncoder(**fields, dtype=dtype)
   ids = jax.ShapeDtypeStruct((1, module.max_length), jnp.int32)
   shapes = jax.eval_shape(lambda i: nn.meta.unbox(module.init(jax.random.key(0), i)["params"]), ids)
   template = jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), shapes)

@@ -73,6 +73,7 @@ _DIFFUSERS_ONLY = {
     "mlp_type": ("fc", "only the fc MLP"),
     "patch_size": (1, "one position per token"),
     "relative_position_bias": (False, "no relative position bias"),
+    "pooled_text_adaln": (False, "no pooled-text AdaLN conditioning"),
 }
 
 

@@ -28,15 +28,16 @@ class TextEncoderBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool = True) -> jax.Array:
-    """x: [B, L, D]; mask: [B, L] bool. Returns [B, L, D]."""
+  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool = True,
+               bias: jax.Array | None = None) -> jax.Array:
+    """x: [B, L, D]; mask: [B, L] bool; bias: additive [1, 1, L, L] (causal). Returns [B, L, D]."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"Text encoder width {width} is not divisible by num_heads {self.num_heads}.")
     y = layer_norm(name="ln_1", **kw)(x)
     x = x + Attention(self.num_heads, width // self.num_heads, dropout=self.dropout, name="attn",
-                      **kw)(y, key_mask=mask, deterministic=deterministic)
+                      **kw)(y, key_mask=mask, bias=bias, deterministic=deterministic)
     y = layer_norm(name="ln_2", **kw)(x)
     y = dense(self.mlp_ratio * width, ("embed", "mlp"), name="fc1", **kw)(y)
     y = nn.Dropout(self.dropout)(nn.gelu(y), deterministic=deterministic)
@@ -53,6 +54,10 @@ class TextEncoder(nn.Module):
   num_heads: int
   mlp_ratio: int = 4
   dropout: float = 0.0
+  # Each token sees only itself and earlier tokens (as in CLIP's text encoder). In "A to the left
+  # of B" only B's words then see the relation, so the two objects' states differ by it from the
+  # first step; bidirectional attention mixes it into both alike until training breaks the tie.
+  causal: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -77,9 +82,14 @@ class TextEncoder(nn.Module):
                       **kw)(jnp.arange(ids.shape[1]))
     x = nn.Dropout(self.dropout)(x + positions[None], deterministic=deterministic)
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+    bias = None
+    if self.causal:
+      length = ids.shape[1]
+      later = jnp.arange(length)[None, :] > jnp.arange(length)[:, None]  # [query, key]
+      bias = jnp.where(later, -1e9, 0.0).astype(jnp.float32)[None, None]
     for i in range(self.num_layers):
       x = TextEncoderBlock(self.num_heads, self.mlp_ratio, self.dropout, name=f"layers_{i}", **kw)(
-          x, mask, deterministic)
+          x, mask, deterministic, bias)
     return layer_norm(name="final_layer_norm", **kw)(x)
 
   def encode(self, params: Any, ids: jax.Array, mask: jax.Array | None) -> jax.Array:

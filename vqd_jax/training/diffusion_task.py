@@ -90,7 +90,8 @@ class DiffusionTask:
                                              max_length=config.text.max_length,
                                              width=config.text.width,
                                              num_layers=config.text.num_layers,
-                                             num_heads=config.text.num_heads, dtype=dtype)
+                                             num_heads=config.text.num_heads,
+                                             causal=config.text.get("causal", False), dtype=dtype)
     self.tx = optim_lib.make_optimizer(config.optim, config.train.num_steps)
 
   # -- data ---------------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class DiffusionTask:
     return self.transformer.apply({"params": params["transformer"]}, x_t, t, states, mask,
                                   deterministic=key is None, rngs=rngs)
 
-  def loss_fn(self, params, batch, key, history):
+  def loss_fn(self, params, batch, key, history, step=None):
     k_drop, k_t, k_q, k_dropout = jax.random.split(key, 4)
     x0 = self._tokens(batch)
     mask = batch["text_mask"]
@@ -155,6 +156,16 @@ class DiffusionTask:
                                           self.config.data.caption_drop_rate)
     importance = self.config.diffusion.get("importance_sampling", True)
     t, pt = diffusion.sample_timesteps(k_t, history, x0.shape[0], importance=importance)
+    warmup = self.config.diffusion.get("layout_warmup_steps", 0)
+    if warmup and step is not None:
+      # The first steps see only (nearly) fully masked inputs, where the only thing to learn is
+      # where the caption puts each object; see the config's layout_warmup_steps.
+      num_t = self.process.num_timesteps
+      first = int(round(self.config.diffusion.get("layout_warmup_from", 0.9) * num_t))
+      t_top, pt_top = diffusion.sample_top_timesteps(jax.random.fold_in(k_t, 1), x0.shape[0],
+                                                     min(first, num_t - 1), num_t)
+      early = step < warmup
+      t, pt = jnp.where(early, t_top, t), jnp.where(early, pt_top, pt)
     x_t = self.process.q_sample(k_q, x0, t)
     log_x0 = self.denoise_logits(params, x_t, t, states, mask,
                                  key=k_dropout if self.config.model.get("dropout", 0.0) else None)
@@ -166,7 +177,8 @@ class DiffusionTask:
 
   def train_step(self, state: state_lib.TrainState, batch, key):
     history = state.extra["loss_history"]
-    grads, (terms, t) = jax.grad(self.loss_fn, has_aux=True)(state.params, batch, key, history)
+    grads, (terms, t) = jax.grad(self.loss_fn, has_aux=True)(state.params, batch, key, history,
+                                                             state.step)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params

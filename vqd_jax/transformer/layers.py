@@ -85,11 +85,14 @@ class AdaLayerNorm(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, h: jax.Array, t: jax.Array) -> jax.Array:
-    """h: [B, N, D]; t: [B] int. Returns [B, N, D]."""
+  def __call__(self, h: jax.Array, t: jax.Array, cond: jax.Array | None = None) -> jax.Array:
+    """h: [B, N, D]; t: [B] int; cond: optional [B, D] added to the timestep embedding (the
+    pooled-text conditioning of ``Text2ImageTransformer.pooled_text_adaln``). Returns [B, N, D]."""
     width = h.shape[-1]
     temb = embed(self.num_embeddings, width, ("timestep", "embed"), name="emb",
                  dtype=self.dtype, param_dtype=self.param_dtype)(t)
+    if cond is not None:
+      temb = temb + cond.astype(temb.dtype)
     # The output axis packs [scale, shift]; sharding it would split the two halves, so leave it None.
     temb = dense(2 * width, ("embed", None), name="linear", dtype=self.dtype,
                  param_dtype=self.param_dtype)(nn.silu(temb))

@@ -37,6 +37,7 @@ from vqd_jax.transformer.attention import Attention
 from vqd_jax.transformer.layers import (ACTIVATION_AXES, MLP_TYPES, AdaLayerNorm, ConvFeedForward,
                                         FeedForward, LatentImageEmbedding, MixFeedForward, dense,
                                         layer_norm)
+from vqd_jax.transformer.pooled_text import PooledTextEmbedding
 from vqd_jax.transformer.relative_position import RelativePositionBias
 
 Dtype = Any
@@ -61,19 +62,20 @@ class TransformerBlock(nn.Module):
   @nn.compact
   def __call__(self, h: jax.Array, t: jax.Array, text_states: jax.Array,
                text_mask: jax.Array | None, cross_attention_bias: jax.Array | None,
-               deterministic: bool = True) -> jax.Array:
-    """h: [B, N, D]; t: [B]; text_states: [B, L, Dt]; text_mask: [B, L]; bias: [B|1, H|1, N, L]."""
+               deterministic: bool = True, cond: jax.Array | None = None) -> jax.Array:
+    """h: [B, N, D]; t: [B]; text_states: [B, L, Dt]; text_mask: [B, L]; bias: [B|1, H|1, N, L];
+    cond: [B, D] added to both AdaLN timestep embeddings (pooled text), or None."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     attn = dict(num_heads=self.num_heads, head_dim=self.head_dim, dropout=self.dropout, **kw)
     width = h.shape[-1]
-    x = AdaLayerNorm(self.num_embeds_ada_norm, name="norm1", **kw)(h, t)
+    x = AdaLayerNorm(self.num_embeds_ada_norm, name="norm1", **kw)(h, t, cond)
     self_bias = None
     if self.relative_position_bias:
       self_bias = RelativePositionBias(self.num_heads, *self.grid, param_dtype=self.param_dtype,
                                        name="attn1_relative_position")()
     h = h + Attention(name="attn1", **attn)(x, bias=self_bias, deterministic=deterministic)
     h = nn.with_logical_constraint(h, ACTIVATION_AXES)
-    x = AdaLayerNorm(self.num_embeds_ada_norm, name="norm2", **kw)(h, t)
+    x = AdaLayerNorm(self.num_embeds_ada_norm, name="norm2", **kw)(h, t, cond)
     h = h + Attention(kv_axis="text_embed", name="attn2", **attn)(
         x, text_states, key_mask=text_mask, bias=cross_attention_bias, deterministic=deterministic)
     h = nn.with_logical_constraint(h, ACTIVATION_AXES)
@@ -116,6 +118,8 @@ class Text2ImageTransformer(nn.Module):
   patch_size: int = 1
   # A learned 2-D relative position bias in every self-attention; see relative_position.py.
   relative_position_bias: bool = False
+  # The mean text state, projected, joins every AdaLN's timestep embedding; see pooled_text.py.
+  pooled_text_adaln: bool = False
 
   @property
   def num_tokens(self) -> int:
@@ -153,6 +157,9 @@ class Text2ImageTransformer(nn.Module):
                              position_init=self.position_init, patch_size=p,
                              name="latent_image_embedding", **kw)(x_t)
     h = nn.with_logical_constraint(h, ACTIVATION_AXES)
+    cond = None
+    if self.pooled_text_adaln:
+      cond = PooledTextEmbedding(width, name="pooled_text_embedding", **kw)(text_states, text_mask)
     block_cls = TransformerBlock
     if self.remat:
       # Argument 6 (counting self as 0) is `deterministic`, a Python bool.
@@ -163,7 +170,7 @@ class Text2ImageTransformer(nn.Module):
       h = block_cls(self.num_heads, self.head_dim, self.num_embeds_ada_norm, self.mlp_ratio,
                     self.dropout, self.mlp_type, grid, self.relative_position_bias,
                     name=f"transformer_blocks_{i}", **kw)(
-                        h, t, text_states, text_mask, cross_attention_bias, deterministic)
+                        h, t, text_states, text_mask, cross_attention_bias, deterministic, cond)
     h = layer_norm(name="norm_out", **kw)(h)
     logits = dense(self.num_classes * p * p, ("embed", "vocab"), name="out", **kw)(h)
     # [B, M, p²·K] -> [B, N, K] in raster order (a plain reshape when p = 1).
