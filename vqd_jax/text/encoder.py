@@ -56,7 +56,7 @@ class TextEncoder(nn.Module):
   dropout: float = 0.0
   # Each token sees only itself and earlier tokens (as in CLIP's text encoder). In "A to the left
   # of B" only B's words then see the relation, so the two objects' states differ by it from the
-  # first step; bidirectional attention mixes it into both alike until training breaks the tie.
+  # first step. On the shapes data this did not teach the relation's direction (README).
   causal: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32

@@ -6,7 +6,8 @@ Why: a relation such as "A to the left of B" asks a position on the left for the
 object but a position on the right for the second, the product of where the position is and which
 relation was said. Cross-attention queries are linear in the position's state, so without this the
 product must be built by an MLP between two cross-attentions; with it, ``LN(h)·(1 + scale(text))``
-multiplies the position embedding by a caption-dependent factor inside one layer.
+multiplies the position embedding by a caption-dependent factor inside one layer. (On the shapes
+data it did not make the direction learned; the layout warm-up of the diffusion task did, README.)
 Not part of any public checkpoint layout (``pooled_text_adaln=False`` there).
 """
 
