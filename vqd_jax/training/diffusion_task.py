@@ -146,7 +146,7 @@ class DiffusionTask:
     return self.transformer.apply({"params": params["transformer"]}, x_t, t, states, mask,
                                   deterministic=key is None, rngs=rngs)
 
-  def loss_fn(self, params, batch, key, history, step=None):
+  def loss_fn(self, params, batch, key, history, step):
     k_drop, k_t, k_q, k_dropout = jax.random.split(key, 4)
     x0 = self._tokens(batch)
     mask = batch["text_mask"]
@@ -157,13 +157,13 @@ class DiffusionTask:
     importance = self.config.diffusion.get("importance_sampling", True)
     t, pt = diffusion.sample_timesteps(k_t, history, x0.shape[0], importance=importance)
     warmup = self.config.diffusion.get("layout_warmup_steps", 0)
-    if warmup and step is not None:
+    if warmup:
       # The first steps see only (nearly) fully masked inputs, where the only thing to learn is
       # where the caption puts each object; see the config's layout_warmup_steps.
       num_t = self.process.num_timesteps
       first = int(round(self.config.diffusion.get("layout_warmup_from", 0.9) * num_t))
       t_top, pt_top = diffusion.sample_top_timesteps(jax.random.fold_in(k_t, 1), x0.shape[0],
-                                                     min(first, num_t - 1), num_t)
+                                                     first, num_t)
       early = step < warmup
       t, pt = jnp.where(early, t_top, t), jnp.where(early, pt_top, pt)
     x_t = self.process.q_sample(k_q, x0, t)
