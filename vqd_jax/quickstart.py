@@ -1,7 +1,7 @@
 """From nothing to pictures: trains both stages on the shapes data, samples, and scores the samples.
 
-  python -m vqd_jax.quickstart --workdir runs/quickstart          # ~14 min on a 2-core CPU
-  python -m vqd_jax.quickstart --workdir runs/long --long         # ~65 min, the longer preset
+  python -m vqd_jax.quickstart --workdir runs/quickstart          # ~13 min on a 2-core CPU
+  python -m vqd_jax.quickstart --workdir runs/long --long         # ~53 min, the longer preset
 
 Stages (each resumes if its workdir already holds a finished or interrupted run):
   1. train the VQ autoencoder        configs/vqvae.py:<preset>     -> WORKDIR/vqvae
