@@ -48,6 +48,15 @@ def test_default_is_one_device_per_core_up_to_eight(monkeypatch):
     assert cpu_devices.default_device_count() == expected
 
 
+def test_training_commands_default_to_one_threaded_device(monkeypatch):
+  monkeypatch.delenv(cpu_devices.ENV_VAR, raising=False)
+  monkeypatch.setattr(cpu_devices.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+  assert cpu_devices.default_device_count(training=True) == 1
+  assert cpu_devices.default_device_count() == 2
+  monkeypatch.setenv(cpu_devices.ENV_VAR, "2")  # the environment still wins
+  assert cpu_devices.default_device_count(training=True) == 2
+
+
 def test_configure_does_nothing_once_jax_is_imported(monkeypatch):
   import jax  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   monkeypatch.setenv("XLA_FLAGS", "")

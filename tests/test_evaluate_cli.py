@@ -38,6 +38,10 @@ def test_scores_a_samples_folder(tmp_path, capsys):
   assert [s["correct"] for s in report["samples"]] == [True] * 6 + [False] * 2
   assert any(line.startswith("relation accuracy:") for line in lines)
   assert any(line.startswith("one-object score:") for line in lines)
+  # The wrong prompts ask for a large white square and a small red circle on a blank image.
+  objects = next(line for line in lines if line.startswith("objects drawn right:"))
+  assert "large square" in objects and "small circle" in objects
+  assert report["object_accuracy"]["small circle"]["accuracy"] < 1.0
 
 
 def test_unreadable_image_counts_as_wrong_and_errors_are_clear(tmp_path, capsys):

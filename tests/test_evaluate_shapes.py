@@ -117,13 +117,43 @@ def test_caption_parsing():
 
 
 def test_summarize_counts_by_hand():
-  make = lambda correct, n, relation=None: scorer.ShapeScore(
-      correct, correct, correct, correct, correct, relation, "", n)
-  scores = [make(True, 1), make(False, 1), make(True, 2, True), make(False, 2, False),
-            make(False, 2, True), make(False, 0)]
+  make = lambda correct, n, relation=None, objects=(): scorer.ShapeScore(
+      correct, correct, correct, correct, correct, relation, "", n, objects=objects)
+  scores = [make(True, 1, objects=(("small circle", True),)),
+            make(False, 1, objects=(("small circle", False),)),
+            make(True, 2, True, (("large square", True), ("small circle", True))),
+            make(False, 2, False), make(False, 2, True), make(False, 0)]
   report = scorer.summarize(scores)
+  assert report["object_accuracy"] == {"large square": {"accuracy": 1.0, "count": 1},
+                                       "small circle": {"accuracy": pytest.approx(2 / 3),
+                                                        "count": 3}}
   assert report["score"] == pytest.approx(2 / 6)
   assert report["single_object_score"] == pytest.approx(1 / 2)
   assert report["two_object_score"] == pytest.approx(1 / 3)
   assert report["relation_accuracy"] == pytest.approx(2 / 3)
   assert report["num_unparseable"] == 1
+
+
+def test_object_accuracy_names_the_kind_of_object_drawn_wrong():
+  data = [e for e in examples(200, seed=25) if e.relation is not None][:40]
+  other = {"circle": "square", "square": "triangle", "triangle": "circle"}
+  captions, expected = [], {}
+  for i, e in enumerate(data):
+    first, second = e.objects
+    wrong = i % 2 == 0  # every other caption asks for another shape of the first object
+    asked = other[first.shape] if wrong else first.shape
+    captions.append(e.caption.replace(first.phrase, f"a {first.size} {first.color} {asked}", 1))
+    for kind, ok in ((f"{first.size} {asked}", not wrong), (f"{second.size} {second.shape}", True)):
+      expected.setdefault(kind, []).append(ok)
+  scores = scorer.score_many([e.image for e in data], captions)
+  assert [s.objects[0][1] for s in scores] == [i % 2 == 1 for i in range(len(data))]
+  report = scorer.summarize(scores)["object_accuracy"]
+  assert report == {k: {"accuracy": pytest.approx(np.mean(v)), "count": len(v)}
+                    for k, v in sorted(expected.items())}
+
+
+def test_unreadable_or_malformed_images_count_every_described_object_as_wrong():
+  result = scorer.score(np.zeros((32, 16, 3), np.uint8),
+                        "a small red circle above a large blue square")
+  assert result.objects == (("small circle", False), ("large square", False))
+  assert scorer.score(np.zeros((32, 32, 3), np.uint8), "not a caption").objects == ()

@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     print(__doc__)
     return 0 if argv and argv[0] in ("-h", "--help") else 2
   import importlib  # pylint: disable=import-outside-toplevel
-  if argv[0] in ("sample", "train"):  # measured as users run them: one device per core
-    cpu_devices.configure()
+  if argv[0] in ("sample", "train"):  # measured as users run them (see vqd_jax.cpu_devices)
+    cpu_devices.configure(training=argv[0] == "train")
   module = importlib.import_module(_COMMANDS[argv[0]])
   return int(module.main(argv[1:]) or 0)
 

@@ -59,6 +59,10 @@ def run_shapes(args) -> int:
     print(f"{name} accuracy: {_fmt(report[f'{name}_accuracy'])}")
   print(f"one-object score: {_fmt(report['single_object_score'])}")
   print(f"two-object score: {_fmt(report['two_object_score'])}")
+  kinds = report["object_accuracy"]
+  if kinds:
+    print("objects drawn right: " + ", ".join(
+        f"{kind} {_fmt(v['accuracy'])} (of {v['count']})" for kind, v in kinds.items()))
   print(f"report: {output}")
   print(f"shapes score: {report['score']:.3f}")
   return 0

@@ -46,7 +46,7 @@ def heldout_prompts(num: int, image_size: int) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  cpu_devices.configure()  # before jax is imported
+  cpu_devices.configure(training=True)  # before jax is imported; training dominates
   from vqd_jax import configs_io, diffusion, encode, sample  # pylint: disable=import-outside-toplevel
   from vqd_jax.evaluation import shapes as shapes_eval  # pylint: disable=import-outside-toplevel
   from vqd_jax.training import loop  # pylint: disable=import-outside-toplevel

@@ -46,7 +46,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   quiet_library_logs()
-  cpu_devices.configure()  # before jax is imported
+  cpu_devices.configure(training=True)  # before jax is imported
   from vqd_jax import distributed  # pylint: disable=import-outside-toplevel
   distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from vqd_jax.training import loop  # pylint: disable=import-outside-toplevel

@@ -74,11 +74,15 @@ class ShapeScore:
   reason: str
   num_objects: int
   detected: tuple[str, ...] = ()
+  # Per described object: ("small circle", drawn right), where right means exactly one object of
+  # its colour, with its shape and size. Tells which kinds of object a model gets wrong.
+  objects: tuple[tuple[str, bool], ...] = ()
 
 
-def _fail(reason: str, num_objects: int = 0) -> ShapeScore:
+def _fail(reason: str, num_objects: int = 0,
+          specs: Sequence[ObjectSpec] = ()) -> ShapeScore:
   return ShapeScore(False, False, False, False, False, None if num_objects < 2 else False, reason,
-                    num_objects)
+                    num_objects, objects=tuple((f"{o.size} {o.shape}", False) for o in specs))
 
 
 def score(image: np.ndarray, caption: str) -> ShapeScore:
@@ -89,7 +93,7 @@ def score(image: np.ndarray, caption: str) -> ShapeScore:
     return _fail(str(e))
   n = len(parsed.objects)
   if image.ndim != 3 or image.shape[0] != image.shape[1]:
-    return _fail(f"expected a square RGB image, got shape {image.shape}", n)
+    return _fail(f"expected a square RGB image, got shape {image.shape}", n, parsed.objects)
   found = shape_detect.detect_objects(image)
   by_color: dict[str, list] = {}
   for obj in found:
@@ -122,9 +126,12 @@ def score(image: np.ndarray, caption: str) -> ShapeScore:
         reasons.append(f"{parsed.objects[0].color} is {actual} {parsed.objects[1].color}, "
                        f"expected {parsed.relation}")
   correct = count_ok and color_ok and shape_ok and size_ok and relation_ok in (None, True)
+  objects = tuple((f"{spec.size} {spec.shape}",
+                   len(m) == 1 and m[0].shape == spec.shape and m[0].size == spec.size)
+                  for spec, m in zip(parsed.objects, matched))
   return ShapeScore(correct, count_ok, color_ok, shape_ok, size_ok, relation_ok,
                     "ok" if correct else "; ".join(reasons), n,
-                    tuple(o.describe() for o in found))
+                    tuple(o.describe() for o in found), objects)
 
 
 def score_many(images: Sequence[np.ndarray] | np.ndarray, captions: Sequence[str]
@@ -140,7 +147,9 @@ def _mean(values: list) -> float | None:
 
 
 def summarize(scores: Sequence[ShapeScore]) -> dict:
-  """Fraction fully correct (``score``), per-attribute accuracies and per-object-count scores.
+  """Fraction fully correct (``score``), per-attribute accuracies, per-object-count scores and
+  ``object_accuracy``: for each kind of described object ("small circle", ...), the fraction drawn
+  right (its colour once, with its shape and size) and how many were asked for.
 
   Relation accuracy is over two-object captions only; captions outside the grammar count as wrong.
   """
@@ -155,6 +164,12 @@ def summarize(scores: Sequence[ShapeScore]) -> dict:
     report[f"{label}_score"] = _mean(group)
     report[f"num_{label}"] = len(group)
   report["num_unparseable"] = sum(s.num_objects == 0 for s in scores)
+  by_kind: dict[str, list[bool]] = {}
+  for s in scores:
+    for kind, ok in s.objects:
+      by_kind.setdefault(kind, []).append(ok)
+  report["object_accuracy"] = {kind: {"accuracy": _mean(v), "count": len(v)}
+                               for kind, v in sorted(by_kind.items())}
   return report
 
 
@@ -191,8 +206,8 @@ def evaluate_folder(samples_dir: str, *, write: bool = True) -> dict:
       image = decode.read_image(os.path.join(samples_dir, record["file"]))
       result = score(image, record["prompt"])
     except (OSError, ValueError, SyntaxError) as e:
-      n = len(parse_caption(record["prompt"]).objects) if _parses(record["prompt"]) else 0
-      result = _fail(f"unreadable image: {type(e).__name__}: {e}", n)
+      specs = parse_caption(record["prompt"]).objects if _parses(record["prompt"]) else ()
+      result = _fail(f"unreadable image: {type(e).__name__}: {e}", len(specs), specs)
     scores.append(result)
     details.append({"file": record["file"], "prompt": record["prompt"],
                     "correct": result.correct, "reason": result.reason})
