@@ -100,6 +100,12 @@ def test_cli_help_documents_flags(module):
                                   "--truncation", "--seed", "--out"],
                "vqd_jax.evaluate": ["shapes"],
                "vqd_jax.encode": ["--vqvae-workdir", "--out"],
-               "vqd_jax.quickstart": ["--workdir", "--long"],
+               "vqd_jax.quickstart": ["--workdir", "--long", "--num-prompts", "--set"],
                "vqd_jax.bench": ["sampler", "train", "memory"]}[module]:
     assert flag in text, f"{module} --help does not mention {flag}"
+
+
+def test_quickstart_rejects_a_prompt_count_below_one_before_training():
+  from vqd_jax import quickstart  # pylint: disable=import-outside-toplevel
+  with pytest.raises(SystemExit, match="--num-prompts must be at least 1, got 0"):
+    quickstart.main(["--workdir", "unused", "--num-prompts", "0"])
