@@ -127,8 +127,8 @@ def get_config(preset: str = "shapes") -> ml_collections.ConfigDict:
     # 1,500 warm-up steps rather than 750: seed 2 found the direction late with 750 (relations
     # 0.70, score 0.52) and early with 1,500 (0.95, 0.62); seed 1 scored 0.65 against 0.61.
     c.diffusion.layout_warmup_steps = 1500
-    # Truncation 0.7 rather than 0.9: the 30,000-step --long checkpoint scored 0.906 against
-    # 0.884 (1,000 and 500 prompts), a 6-layer 6,000-step one 0.804 against 0.774 (README).
+    # Truncation 0.7 rather than 0.9: on the same 500 prompts the 30,000-step --long checkpoint
+    # scored 0.920 against 0.884, a 6-layer 6,000-step one 0.804 against 0.774 (README).
     c.sampling.truncation_rate = 0.7
     if preset == "shapes_long":
       # The quickstart's layout for 30,000 steps (measured: 0.897, 0.903, 0.897 at 10,000,
