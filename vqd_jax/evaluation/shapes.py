@@ -79,10 +79,11 @@ class ShapeScore:
   objects: tuple[tuple[str, bool], ...] = ()
 
 
-def _fail(reason: str, num_objects: int = 0,
-          specs: Sequence[ObjectSpec] = ()) -> ShapeScore:
-  return ShapeScore(False, False, False, False, False, None if num_objects < 2 else False, reason,
-                    num_objects, objects=tuple((f"{o.size} {o.shape}", False) for o in specs))
+def _fail(reason: str, specs: Sequence[ObjectSpec] = ()) -> ShapeScore:
+  """Every attribute and every described object (``specs``, none if unparseable) wrong."""
+  n = len(specs)
+  return ShapeScore(False, False, False, False, False, None if n < 2 else False, reason, n,
+                    objects=tuple((f"{o.size} {o.shape}", False) for o in specs))
 
 
 def score(image: np.ndarray, caption: str) -> ShapeScore:
@@ -93,12 +94,15 @@ def score(image: np.ndarray, caption: str) -> ShapeScore:
     return _fail(str(e))
   n = len(parsed.objects)
   if image.ndim != 3 or image.shape[0] != image.shape[1]:
-    return _fail(f"expected a square RGB image, got shape {image.shape}", n, parsed.objects)
+    return _fail(f"expected a square RGB image, got shape {image.shape}", parsed.objects)
   found = shape_detect.detect_objects(image)
   by_color: dict[str, list] = {}
   for obj in found:
     by_color.setdefault(obj.color, []).append(obj)
   matched = [by_color.get(spec.color, []) for spec in parsed.objects]
+  # Per described object: exactly one object of its colour, with its shape and size.
+  drawn_right = [len(m) == 1 and m[0].shape == spec.shape and m[0].size == spec.size
+                 for spec, m in zip(parsed.objects, matched)]
   reasons = []
   count_ok = len(found) == n
   if not count_ok:
@@ -112,8 +116,8 @@ def score(image: np.ndarray, caption: str) -> ShapeScore:
   shape_ok = color_ok and all(m[0].shape == spec.shape for spec, m in zip(parsed.objects, matched))
   size_ok = color_ok and all(m[0].size == spec.size for spec, m in zip(parsed.objects, matched))
   if color_ok:
-    for spec, m in zip(parsed.objects, matched):
-      if m[0].shape != spec.shape or m[0].size != spec.size:
+    for spec, m, ok in zip(parsed.objects, matched, drawn_right):
+      if not ok:
         reasons.append(f"the {spec.color} object is a {m[0].size} {m[0].shape}, expected "
                        f"{spec.size} {spec.shape}")
   relation_ok = None
@@ -126,9 +130,8 @@ def score(image: np.ndarray, caption: str) -> ShapeScore:
         reasons.append(f"{parsed.objects[0].color} is {actual} {parsed.objects[1].color}, "
                        f"expected {parsed.relation}")
   correct = count_ok and color_ok and shape_ok and size_ok and relation_ok in (None, True)
-  objects = tuple((f"{spec.size} {spec.shape}",
-                   len(m) == 1 and m[0].shape == spec.shape and m[0].size == spec.size)
-                  for spec, m in zip(parsed.objects, matched))
+  objects = tuple((f"{spec.size} {spec.shape}", ok)
+                  for spec, ok in zip(parsed.objects, drawn_right))
   return ShapeScore(correct, count_ok, color_ok, shape_ok, size_ok, relation_ok,
                     "ok" if correct else "; ".join(reasons), n,
                     tuple(o.describe() for o in found), objects)
@@ -207,7 +210,7 @@ def evaluate_folder(samples_dir: str, *, write: bool = True) -> dict:
       result = score(image, record["prompt"])
     except (OSError, ValueError, SyntaxError) as e:
       specs = parse_caption(record["prompt"]).objects if _parses(record["prompt"]) else ()
-      result = _fail(f"unreadable image: {type(e).__name__}: {e}", len(specs), specs)
+      result = _fail(f"unreadable image: {type(e).__name__}: {e}", specs)
     scores.append(result)
     details.append({"file": record["file"], "prompt": record["prompt"],
                     "correct": result.correct, "reason": result.reason})
