@@ -8,7 +8,10 @@ setup(
     description="VQ-Diffusion (and Improved VQ-Diffusion) text-to-image synthesis in JAX/Flax, TPU-first.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["vqd_jax", "vqd_jax.*"]),
+    # configs/ stays at the top of the repository and installs as vqd_jax.configs, so
+    # `--config configs/diffusion.py:tiny` resolves from any directory (vqd_jax.configs_io).
+    packages=find_packages(include=["vqd_jax", "vqd_jax.*"]) + ["vqd_jax.configs"],
+    package_dir={"vqd_jax.configs": "configs"},
     python_requires=">=3.10",
     # Lower bounds only: pinned JAX stacks rot (see dalle-mini's history).
     install_requires=[

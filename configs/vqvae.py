@@ -2,13 +2,15 @@ r"""Autoencoder stage: the VQ autoencoder that turns images into a grid of codeb
 
 Presets (``--config configs/vqvae.py:<preset>``):
   tiny         unit tests and CPU smoke runs (seconds)
-  shapes       the quickstart: 32x32 shapes -> 8x8 tokens, about 2 minutes on 2 CPU cores
+  shapes       the quickstart: 32x32 shapes -> 8x8 tokens (minutes on a CPU)
   shapes_long  the same, trained longer
   ithq         the architecture of the ITHQ VQModel (256x256 -> 32x32 tokens, 4096 codes, EMA codebook)
   f8           the taming f8 VQGAN architecture of the COCO/CUB models (8192 codes), with GAN
+               (ithq and f8 have no data: set ``--config.data.source``, see configs/diffusion.py)
 
-Any field can be overridden: ``--config.train.num_steps=2000 --config.model.num_vq_embeddings=1024``.
-Model field names follow diffusers' VQModel config.
+Override any field: ``--config.train.num_steps=2000 --config.model.num_vq_embeddings=1024``.
+``model`` holds ``vqd_jax.vqvae.VQAutoencoder`` fields (checked against the class; names follow
+diffusers' VQModel config) plus the compute ``dtype``.
 """
 
 import ml_collections
@@ -18,19 +20,13 @@ def _base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = "vqvae"
   c.seed = 0
+  # source: shapes | folder | class_folder | tfds (see vqd_jax/training/data.py).
   c.data = ml_collections.ConfigDict(dict(
       source="shapes", path="", name="", split="train", image_size=32, seed=0,
       num_examples=1_000_000, two_object_prob=0.5, random_crop=False, random_flip=False,
       caption_template="a photo of a {}", worker_count=0))
-  # The quickstart autoencoder: 4x4 pixel patches folded into channels, one 32-wide block at 8x8.
-  # local_encoder: each patch is encoded on its own (a per-patch MLP), so the black background is
-  # always one code; with the convolutional encoder, edge padding and GroupNorm statistics spread
-  # it over hundreds of context-dependent codes (token entropy 4.98 nats instead of 1.89), which
-  # the denoiser then has to learn. The decoder stays convolutional.
-  # 128 codes: reconstructions of held-out shapes score 0.97 on the shapes scorer after 1,200 steps
-  # (about a minute on two CPU cores; 0.99 with 512 codes).
-  # Full-resolution convolutions on few channels are several times slower on XLA's CPU backend
-  # for no better result.
+  # The quickstart autoencoder: 4x4 pixel patches encoded one by one (local_encoder), so the
+  # background is always one code and the denoiser has fewer codes to learn (docs/experiments.md).
   c.model = ml_collections.ConfigDict(dict(
       block_out_channels=(32,), layers_per_block=1, patch_size=4, local_encoder=True,
       down_attention=[False], up_attention=[False],
@@ -75,7 +71,8 @@ def get_config(preset: str = "shapes") -> ml_collections.ConfigDict:
     # ithq: the ITHQ VQModel (EMA codebook); f8: the taming f8 VQGAN of the COCO/CUB models.
     widths, embed_dim, codes = {"ithq": ((64, 128, 256, 512), 128, 4096),
                                 "f8": ((128, 128, 256, 512), 256, 8192)}[preset]
-    c.data.update(image_size=256)
+    # A dataset of your own: training refuses to start until data.source names one.
+    c.data.update(source="", image_size=256)
     c.model.update(block_out_channels=widths, layers_per_block=2, patch_size=1, local_encoder=False,
                    down_attention=[False, False, False, True],
                    up_attention=[True, False, False, False], mid_block_attention=True,

@@ -31,7 +31,7 @@ flags.FLAGS.mark_as_parsed()
 def tiny_vq_dir(tmp_path_factory):
   """Run directory of an untrained ``configs/vqvae.py:tiny`` autoencoder (diffusion tests)."""
   from vqd_jax import configs_io  # pylint: disable=import-outside-toplevel
-  from vqd_jax.training import frozen_vq  # pylint: disable=import-outside-toplevel
+  from vqd_jax.training import vqvae_task  # pylint: disable=import-outside-toplevel
   workdir = str(tmp_path_factory.mktemp("tiny_vq") / "run")
-  frozen_vq.save_untrained(workdir, configs_io.load_config("configs/vqvae.py:tiny"))
+  vqvae_task.save_untrained(workdir, configs_io.load_config("configs/vqvae.py:tiny"))
   return workdir

@@ -6,6 +6,7 @@ command lines do (``vqd_jax.cpu_devices.configure`` with ``VQD_CPU_DEVICES=2``) 
 ``RESULT <json>`` with what the test compares.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
 import numpy as np  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
 
 from vqd_jax import row_blocks  # noqa: E402  pylint: disable=wrong-import-position
-from vqd_jax.pipeline import VQDiffusionPipeline  # noqa: E402  pylint: disable=wrong-import-position
+from vqd_jax.inference import VQDiffusionPipeline  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def train_and_sample(workdir: str) -> dict:
@@ -32,10 +33,11 @@ def train_and_sample(workdir: str) -> dict:
   from absl import flags  # pylint: disable=import-outside-toplevel
   from vqd_jax import configs_io, diffusion  # pylint: disable=import-outside-toplevel
   # pylint: disable-next=import-outside-toplevel
-  from vqd_jax.training import diffusion_task, frozen_vq, loop
+  from vqd_jax.inference import load_diffusion_run
+  from vqd_jax.training import loop, vqvae_task
   flags.FLAGS.mark_as_parsed()
   vq_dir = os.path.join(workdir, "vq")
-  frozen_vq.save_untrained(vq_dir, configs_io.load_config("configs/vqvae.py:tiny"))
+  vqvae_task.save_untrained(vq_dir, configs_io.load_config("configs/vqvae.py:tiny"))
   config = configs_io.load_config("configs/diffusion.py:tiny", [
       f"vqvae_workdir={vq_dir}", "train.num_steps=2", "train.sample_every=2"])
   dm_dir = os.path.join(workdir, "dm")
@@ -45,16 +47,21 @@ def train_and_sample(workdir: str) -> dict:
   prompts = ["a large red circle", "a small blue square", "a large red square"]
   tokens = {}
   for name in ("sharded", "single"):
-    task, params, _ = diffusion_task.load_trained(dm_dir)  # a fresh task: a fresh jit cache
+    run = load_diffusion_run(dm_dir)  # fresh networks: a fresh jit cache
+    generator = dataclasses.replace(run.generator, chunk_rows=None)
+    params = run.params
     if name == "single":
-      row_blocks_mesh = row_blocks.host_row_mesh
-      row_blocks.host_row_mesh = lambda devices=None: None
+      generator = dataclasses.replace(generator, row_mesh=None)
       params = jax.device_put(params, jax.devices()[0])
-    ids, mask = task.tokenizer(prompts)
-    tokens[name] = np.asarray(task.generate_tokens(params, jnp.asarray(ids), jnp.asarray(mask),
-                                                   jax.random.key(4), settings))
-    if name == "single":
-      row_blocks.host_row_mesh = row_blocks_mesh
+    ids, mask = run.conditioner.tokenize(prompts)
+
+    def program(params, ids, mask, key, run=run, generator=generator):
+      cond = run.conditioner.encode(params, ids, mask)
+      return generator.generate_tokens(params["transformer"], cond, key, settings,
+                                       null=run.conditioner.null(params, ids.shape[0]))
+
+    tokens[name] = np.asarray(jax.jit(program)(params, jnp.asarray(ids), jnp.asarray(mask),
+                                               jax.random.key(4)))
   return {"previews": previews,
           "run_tokens_equal": bool(np.array_equal(tokens["sharded"], tokens["single"]))}
 
@@ -62,15 +69,16 @@ def train_and_sample(workdir: str) -> dict:
 def main(folder: str) -> None:
   sharded = VQDiffusionPipeline.from_pretrained(folder)
   single = VQDiffusionPipeline.from_pretrained(folder)
-  single.row_mesh = None
+  single.generator = dataclasses.replace(single.generator, row_mesh=None)
   single.params = jax.device_put(single.params, jax.devices()[0])
   prompts = ["red cat", "blue dog", "red dog"]  # 3 prompts: 6 guided rows, 3 unguided (padded)
   result = {"configured": CONFIGURED, "devices": jax.device_count(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "mesh_size": None if sharded.row_mesh is None else sharded.row_mesh.size}
+            "mesh_size": None if sharded.generator.row_mesh is None else
+            sharded.generator.row_mesh.size}
   tokens = {}
   for name, pipe in (("sharded", sharded), ("single", single)):
-    pipe.denoise_chunk_rows = 2
+    pipe.generator = dataclasses.replace(pipe.generator, chunk_rows=2)
     tokens[name] = [pipe.generate_tokens(prompts, seed=5, guidance_scale=g, truncation_rate=0.9)
                     for g in (3.0, 1.0)]
   result["tokens_equal"] = [bool(np.array_equal(a, b))
@@ -82,7 +90,7 @@ def main(folder: str) -> None:
   # The row helper itself, on a row-wise function, 5 rows over 2 devices (padded to 6).
   x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
   fn = lambda a: jnp.tanh(a) * a.sum(-1, keepdims=True)
-  out = row_blocks.in_row_shards(fn, sharded.row_mesh, 1, x)
+  out = row_blocks.in_row_shards(fn, sharded.generator.row_mesh, 1, x)
   result["rows_max_abs_diff"] = float(np.abs(np.asarray(out) - np.asarray(fn(x))).max())
   result["rows_shape"] = list(out.shape)
   result.update(train_and_sample(os.path.join(folder, "run")))

@@ -23,8 +23,7 @@ def report():
   env = dict(os.environ, XLA_FLAGS=multidevice_worker.FAST_COMPILE_FLAGS)
   cmd = [sys.executable, "-m", "vqd_jax.bench", "memory", "--config", "configs/diffusion.py:tiny",
          "--mesh", "data=1,fsdp=8", "--vqvae-config", "configs/vqvae.py:tiny"]
-  for item in OVERRIDES:
-    cmd += ["--set", item]
+  cmd += [f"--config.{item}" for item in OVERRIDES]
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
                        check=False)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]

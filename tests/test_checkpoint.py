@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from vqd_jax.training.checkpoint import CheckpointError, Checkpointer
+from vqd_jax.checkpoint import CheckpointError, Checkpointer
 from vqd_jax.training.state import TrainState, ema_decay_at, ema_update
 
 
@@ -38,6 +38,20 @@ def test_mismatched_model_is_an_error_not_a_fresh_start(tmp_path):
   ckpt.wait()
   with pytest.raises(CheckpointError, match="cannot be restored"):
     ckpt.restore(1, jax.eval_shape(lambda: _state(4)))
+  ckpt.close()
+
+
+def test_inference_reads_one_field_without_the_optimizer(tmp_path):
+  state = _state()
+  ckpt = Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(7, state, {}, {})
+  ckpt.wait()
+  abstract = {"ema_params": jax.eval_shape(lambda: state.ema_params)}
+  restored = ckpt.restore_subtree(7, abstract)
+  assert set(restored) == {"ema_params"}  # no opt_state, no params: only what was asked for
+  np.testing.assert_array_equal(restored["ema_params"]["w"], np.asarray(state.params["w"]) * 2)
+  with pytest.raises(CheckpointError, match=r"does not fit the model.*\(3, 3\) on disk, \(4, 4\)"):
+    ckpt.restore_subtree(7, {"params": jax.eval_shape(lambda: _state(4).params)})
   ckpt.close()
 
 

@@ -14,8 +14,8 @@ import pytest
 import multidevice_worker
 from vqd_jax import configs_io
 from vqd_jax import data
-from vqd_jax.training import checkpoint as ckpt_lib
-from vqd_jax.training import frozen_vq
+from vqd_jax import checkpoint as ckpt_lib
+from vqd_jax.training import vqvae_task
 from vqd_jax.training import loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,13 +65,13 @@ def _run_two_processes(run):
 
 def test_two_processes_kill_and_resume_match_one_uninterrupted_process(tmp_path):
   vq_dir = str(tmp_path / "vq")
-  frozen_vq.save_untrained(vq_dir, configs_io.load_config("configs/vqvae.py:tiny"))
+  vqvae_task.save_untrained(vq_dir, configs_io.load_config("configs/vqvae.py:tiny"))
   overrides = {"vqvae_workdir": vq_dir, "train.num_steps": 4, "train.ckpt_every": 2}
 
   config = configs_io.load_config("configs/diffusion.py:tiny")
   config.train.log_every = 1
   for key, value in overrides.items():
-    configs_io._set(config, key, str(value))  # pylint: disable=protected-access
+    configs_io.set_field(config, key, str(value))
   straight = str(tmp_path / "straight")
   loop.train_and_evaluate(config, straight)
 

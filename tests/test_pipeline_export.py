@@ -21,9 +21,10 @@ import pytest
 
 from vqd_jax import convert
 from vqd_jax import diffusion
+from vqd_jax import text as text_lib
 from vqd_jax.interop import diffusers_pipeline as layout
 from vqd_jax.interop.export import export_pipeline
-from vqd_jax.pipeline import VQDiffusionPipeline
+from vqd_jax.inference import VQDiffusionPipeline
 from vqd_jax.text import SPECIAL_TOKENS, TextEncoder, WordTokenizer
 from vqd_jax.transformer import Text2ImageTransformer
 from vqd_jax.vqvae import VQAutoencoder
@@ -142,21 +143,21 @@ def test_inpainting_keeps_unmasked_tokens_and_regenerates_touched_ones(exported)
 
 
 def test_convert_cli_exports_a_run_and_checks_the_folder(run, monkeypatch, tmp_path, capsys):
-  fake_task = types.SimpleNamespace(
-      transformer=Text2ImageTransformer(**FIELDS), process=run["process"],
-      vq=types.SimpleNamespace(task=types.SimpleNamespace(model=run["vq_model"]),
-                               params=run["vq_params"]),
-      text_encoder=run["text_encoder"], tokenizer=run["tokenizer"],
-      config=ml_collections.ConfigDict({"sampling": {"num_steps": 4, "guidance_scale": 2.0}}))
-  params = {"transformer": run["transformer_params"], "text_encoder": run["text_params"],
-            "null_embedding": run["null_embedding"]}
+  from vqd_jax.inference import FrozenAutoencoder, TokenGenerator  # pylint: disable=import-outside-toplevel
+  fake_run = types.SimpleNamespace(
+      generator=TokenGenerator(Text2ImageTransformer(**FIELDS), run["process"]),
+      autoencoder=FrozenAutoencoder(run["vq_model"], run["vq_params"]),
+      conditioner=text_lib.Conditioner(run["tokenizer"], run["text_encoder"]), step=42,
+      config=ml_collections.ConfigDict({"sampling": {"num_steps": 4, "guidance_scale": 2.0}}),
+      params={"transformer": run["transformer_params"], "text_encoder": run["text_params"],
+              "null_embedding": run["null_embedding"]})
   calls = []
 
-  def load_trained(workdir, step=None, use_ema=True):
+  def load_diffusion_run(workdir, step=None, use_ema=True):
     calls.append((workdir, step, use_ema))
-    return fake_task, params, 42
+    return fake_run
 
-  monkeypatch.setattr("vqd_jax.training.diffusion_task.load_trained", load_trained)
+  monkeypatch.setattr("vqd_jax.inference.pipeline.load_diffusion_run", load_diffusion_run)
   out = tmp_path / "out"
   assert convert.main(["export", "--workdir", "runs/x", "--out", str(out), "--no-ema"]) == 0
   assert calls == [("runs/x", None, False)]
@@ -260,12 +261,13 @@ def test_rows_split_over_host_cpu_devices_sample_like_one_device(exported):
   assert result["previews"] == ["samples_0000002.png"]
   assert result["run_tokens_equal"]
   # Its checkpoint, written by 2 devices, restores in this 1-device process (sampling scripts).
-  from vqd_jax.training import diffusion_task  # pylint: disable=import-outside-toplevel
-  task, params, step = diffusion_task.load_trained(os.path.join(folder, "run", "dm"))
-  assert step == 2 and jax.device_count() == 1
-  images = task.generate(params, ["a large red circle"], jax.random.key(0),
+  from vqd_jax.inference import load_diffusion_run  # pylint: disable=import-outside-toplevel
+  run = load_diffusion_run(os.path.join(folder, "run", "dm"))
+  assert run.step == 2 and jax.device_count() == 1
+  pipe = VQDiffusionPipeline.from_run(os.path.join(folder, "run", "dm"))
+  images = pipe.generate(pipe.params, ["a large red circle"], jax.random.key(0),
                          diffusion.SamplerConfig(num_steps=2))
-  size = task.vq.task.config.data.image_size
+  size = run.config.data.image_size
   assert images.shape == (1, size, size, 3) and images.dtype == np.uint8
 
 

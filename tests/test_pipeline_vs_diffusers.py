@@ -2,7 +2,7 @@
 
 A random diffusers pipeline (VQModel, Transformer2DModel, CLIPTextModel + a tiny offline CLIP BPE,
 VQDiffusionScheduler with T = 10, learned null embedding) is saved with ``save_pretrained`` and
-loaded by ``vqd_jax.pipeline.VQDiffusionPipeline.from_pretrained``; every stage is compared with
+loaded by ``vqd_jax.inference.VQDiffusionPipeline.from_pretrained``; every stage is compared with
 the PyTorch original, and a full sampling run with the same Gumbel noise in both must produce the
 same tokens and images.
 """
@@ -28,7 +28,7 @@ from diffusers.schedulers import scheduling_vq_diffusion  # noqa: E402
 
 from vqd_jax.benchmarks.random_diffusers import RandomPipelineSizes, save_random_pipeline  # noqa: E402
 from vqd_jax.diffusion import prepare_log_x0  # noqa: E402
-from vqd_jax.pipeline import VQDiffusionPipeline  # noqa: E402
+from vqd_jax.inference import VQDiffusionPipeline  # noqa: E402
 
 pytestmark = pytest.mark.reference
 

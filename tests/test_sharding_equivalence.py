@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 import multidevice_worker
 from vqd_jax import configs_io
 from vqd_jax import sharding
-from vqd_jax.training import frozen_vq
+from vqd_jax.training import vqvae_task
 from vqd_jax.training import loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def runs(tmp_path_factory):
   """Per stage: one-device losses (this process) and per-mesh results (8-device subprocesses)."""
   base = tmp_path_factory.mktemp("sharding")
   vq_dir = str(base / "vq")
-  frozen_vq.save_untrained(vq_dir, configs_io.load_config("configs/vqvae.py:tiny"))
+  vqvae_task.save_untrained(vq_dir, configs_io.load_config("configs/vqvae.py:tiny"))
   # One subprocess per stage, running while this process trains the one-device baselines.
   workers = {
       stage: multidevice_worker.start({"devices": 8, "runs": [
@@ -60,7 +60,7 @@ def runs(tmp_path_factory):
     config = configs_io.load_config(spec)
     config.train.log_every = 1
     for key, value in stage_overrides(stage, vq_dir).items():
-      configs_io._set(config, key, str(value))  # pylint: disable=protected-access
+      configs_io.set_field(config, key, str(value))
     workdir = str(base / f"{stage}_single")
     loop.train_and_evaluate(config, workdir)
     single[stage] = read_losses(workdir)

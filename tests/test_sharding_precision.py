@@ -46,8 +46,9 @@ def test_bfloat16_compute_keeps_float32_weights_and_log_probs(tiny_vq_dir, tmp_p
   def forward(params):
     out = {}
     for name, task in (("f32", f32), ("bf16", bf16)):
-      states = task.text_states(params, batch["text_ids"], batch["text_mask"])
-      out[name] = states, task.denoise_logits(params, x0, t, states, batch["text_mask"])
+      cond = task.conditioner.encode(params, batch["text_ids"], batch["text_mask"])
+      out[name] = cond.states, task.denoiser.apply({"params": params["transformer"]}, x0, t,
+                                                   cond.states, cond.mask)
     return out
 
   out = forward(state.params)
@@ -89,7 +90,7 @@ def test_remat_changes_memory_not_numbers(tiny_vq_dir, tmp_path, batch_and_state
   @jax.jit
   def grads(params):
     def objective(task, p):
-      logp = task.transformer.apply({"params": p}, x0, t, states, batch["text_mask"])
+      logp = task.denoiser.apply({"params": p}, x0, t, states, batch["text_mask"])
       return jnp.sum(weights * logp)
     return [jax.grad(lambda p, task=task: objective(task, p))(params) for task in (plain, remat)]
 
@@ -99,7 +100,7 @@ def test_remat_changes_memory_not_numbers(tiny_vq_dir, tmp_path, batch_and_state
   assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(g_remat))
   # The rematerialised program really recomputes: its gradient holds checkpointed blocks.
   def grad_program(task):
-    return str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(task.transformer.apply(
+    return str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(task.denoiser.apply(
         {"params": p}, x0, t, states))))(state.params["transformer"]))
   assert "remat" in grad_program(remat) and "remat" not in grad_program(plain)
 

@@ -1,4 +1,4 @@
-"""TextEncoder, NullEmbedding and drop_captions."""
+"""TextEncoder and drop_captions."""
 
 import flax.linen as nn
 import jax
@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vqd_jax.text import (NullEmbedding, TextEncoder, TextEncoderProtocol, caption_drop_mask,
-                          drop_captions)
+from vqd_jax.text import TextEncoder, caption_drop_mask, drop_captions
 
 VOCAB, MAX_LEN, WIDTH = 20, 7, 16
 LOGICAL_AXES = {"embed", "heads", "kv", "mlp", "vocab", "text_embed", "timestep", "length", "norm",
@@ -62,43 +61,10 @@ def test_attention_is_bidirectional(encoder_and_params):
   assert float(jnp.abs(later_changed[1, 0] - states[1, 0]).max()) > 1e-3
 
 
-def test_causal_states_are_those_of_each_prefix_alone(encoder_and_params):
-  """Independent truth for causal=True: the state at position i is what the encoder computes for
-  the prefix ids[:i+1] on its own (nothing later can reach it)."""
-  bidirectional, _, params = encoder_and_params
-  encoder = bidirectional.clone(causal=True)
-  ids, mask = _ids()
-  states = encoder.apply({"params": params}, ids, mask)
-  for i in range(MAX_LEN):
-    prefix = encoder.apply({"params": params}, ids[1:, :i + 1], mask[1:, :i + 1])
-    np.testing.assert_allclose(states[1, i], prefix[0, i], atol=1e-5)
-  # The same weights without the causal mask do let later tokens in.
-  assert float(jnp.abs(bidirectional.apply({"params": params}, ids, mask)[1, :6] -
-                       states[1, :6]).max()) > 1e-3
-
-
-def test_encode_is_the_protocol(encoder_and_params):
-  encoder, _, params = encoder_and_params
-  ids, mask = _ids()
-  assert isinstance(encoder, TextEncoderProtocol)
-  np.testing.assert_array_equal(encoder.encode(params, ids, mask),
-                                encoder.apply({"params": params}, ids, mask))
-
-
 def test_too_long_ids_raise(encoder_and_params):
   encoder, _, params = encoder_and_params
   with pytest.raises(ValueError, match="length <= 7"):
     encoder.apply({"params": params}, jnp.zeros((1, MAX_LEN + 1), jnp.int32))
-
-
-def test_null_embedding_param_and_broadcast():
-  null = NullEmbedding(length=MAX_LEN, width=WIDTH)
-  variables = null.init(jax.random.key(0))
-  box = variables["params"]["embeddings"]
-  assert isinstance(box, nn.Partitioned) and box.names == ("length", "text_embed")
-  states = null.apply(variables, batch_size=3)
-  assert states.shape == (3, MAX_LEN, WIDTH)
-  np.testing.assert_array_equal(states[2], box.value)
 
 
 def test_drop_captions_replaces_exactly_the_chosen_rows():

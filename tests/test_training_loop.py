@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vqd_jax import configs_io
-from vqd_jax.training import checkpoint as ckpt_lib
+from vqd_jax import checkpoint as ckpt_lib
 from vqd_jax.training import loop
 
 
@@ -24,7 +24,7 @@ def _config(spec, **overrides):
   config = configs_io.load_config(spec)
   config.train.log_every = 1
   for key, value in overrides.items():
-    configs_io._set(config, key, str(value))  # pylint: disable=protected-access
+    configs_io.set_field(config, key, str(value))
   return config
 
 
@@ -60,15 +60,15 @@ def test_quickstart_architecture_resumes_exactly_and_samples(tmp_path, tiny_vq_d
   assert arch["model.patch_size"] > 1 and arch["model.relative_position_bias"]
   _assert_resume_matches("configs/diffusion.py:tiny", tmp_path, vqvae_workdir=tiny_vq_dir, **arch)
   from vqd_jax import diffusion, sample  # pylint: disable=import-outside-toplevel
-  from vqd_jax.training.diffusion_task import load_trained  # pylint: disable=import-outside-toplevel
-  task, params, step = load_trained(str(tmp_path / "resumed"))
-  assert step == 4 and task.transformer.patch_size == arch["model.patch_size"]
-  assert task.transformer.mlp_type == arch["model.mlp_type"]
-  assert task.transformer.relative_position_bias
+  from vqd_jax.inference import VQDiffusionPipeline  # pylint: disable=import-outside-toplevel
+  pipe = VQDiffusionPipeline.from_run(str(tmp_path / "resumed"))
+  assert pipe.checkpoint_step == 4 and pipe.transformer.patch_size == arch["model.patch_size"]
+  assert pipe.transformer.mlp_type == arch["model.mlp_type"]
+  assert pipe.transformer.relative_position_bias
   out = str(tmp_path / "samples")
-  settings = diffusion.SamplerConfig(**task.config.sampling.to_dict())
-  sample.generate_to_folder(task, params, ["a large red circle"], out, num_samples=1,
-                            settings=settings, seed=0)
+  settings = diffusion.SamplerConfig(**pipe.sampling_defaults)
+  sample.generate_to_folder(pipe, ["a large red circle"], out, num_samples=1, settings=settings,
+                            seed=0)
   assert os.path.exists(os.path.join(out, "00000.png"))
 
 
@@ -100,7 +100,8 @@ def test_cli_help_documents_flags(module):
                                   "--truncation", "--seed", "--out"],
                "vqd_jax.evaluate": ["shapes"],
                "vqd_jax.encode": ["--vqvae-workdir", "--out"],
-               "vqd_jax.quickstart": ["--workdir", "--long", "--num-prompts", "--set"],
+               "vqd_jax.quickstart": ["--workdir", "--long", "--num-prompts", "--vqvae.",
+                                      "--diffusion."],
                "vqd_jax.bench": ["sampler", "train", "memory"]}[module]:
     assert flag in text, f"{module} --help does not mention {flag}"
 

@@ -8,7 +8,7 @@ import pytest
 
 from vqd_jax.interop.transformer import transformer_config_to_diffusers
 from vqd_jax.transformer import Text2ImageTransformer, count_params, transformer_preset
-from vqd_jax.transformer.layers import ConvFeedForward
+from vqd_jax.layers import ConvFeedForward
 
 H, W, D, HIDDEN, B = 3, 4, 6, 10, 2
 

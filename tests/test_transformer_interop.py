@@ -4,10 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from vqd_jax.interop.transformer import (params_from_diffusers, params_to_diffusers,
-                                         transformer_config_from_diffusers,
+from vqd_jax.interop.transformer import (DIFFUSERS_FIELDS, params_from_diffusers,
+                                         params_to_diffusers, transformer_config_from_diffusers,
                                          transformer_config_to_diffusers)
-from vqd_jax.transformer import abstract_params, transformer_preset
+from vqd_jax.transformer import Text2ImageTransformer, abstract_params, transformer_preset
+from vqd_jax.transformer import fields as transformer_fields
 
 # microsoft/vq-diffusion-ithq transformer/config.json as published (vq-diffusion-reference.md §4.4).
 ITHQ_CONFIG = {
@@ -80,3 +81,29 @@ def test_conversion_errors_name_the_problem():
     params_from_diffusers(state, template)
   with pytest.raises(TypeError, match="concrete arrays"):
     params_to_diffusers(template)
+
+
+def test_architecture_fields_come_from_the_dataclass():
+  names = transformer_fields.architecture_fields()
+  assert not set(names) & {"dtype", "param_dtype", "remat", "parent", "name"}
+  assert set(names) | set(transformer_fields.RUN_OPTIONS) == set(transformer_fields.module_fields())
+  model = Text2ImageTransformer(**transformer_preset("tiny", patch_size=2), remat=True)
+  rebuilt = Text2ImageTransformer(**transformer_fields.architecture(model))
+  assert transformer_fields.architecture(rebuilt) == transformer_fields.architecture(model)
+  assert rebuilt.patch_size == 2 and rebuilt.remat is False
+
+
+def test_every_field_diffusers_lacks_refuses_export_away_from_its_default():
+  """The refusals follow the dataclass defaults: a new model option needs no list updated."""
+  base = transformer_preset("tiny", position_init="sincos")  # initialisation only: exports
+  transformer_config_to_diffusers(base)
+  checked = []
+  for field, default in transformer_fields.architecture_defaults().items():
+    if field in DIFFUSERS_FIELDS or field in transformer_fields.INIT_ONLY:
+      continue
+    other = (not default if isinstance(default, bool) else
+             default + 1 if isinstance(default, (int, float)) else f"{default}_other")
+    with pytest.raises(ValueError, match=f"{field}={other!r} cannot be exported"):
+      transformer_config_to_diffusers(dict(base, **{field: other}))
+    checked.append(field)
+  assert {"mlp_ratio", "mlp_type", "patch_size", "relative_position_bias"} <= set(checked)

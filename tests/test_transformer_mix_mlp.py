@@ -9,7 +9,7 @@ import pytest
 
 from vqd_jax.interop.transformer import transformer_config_to_diffusers
 from vqd_jax.transformer import Text2ImageTransformer, count_params, transformer_preset
-from vqd_jax.transformer.layers import MixFeedForward, depthwise_conv3x3
+from vqd_jax.layers import MixFeedForward, depthwise_conv3x3
 
 H, W, D, HIDDEN, B = 3, 4, 6, 10, 2
 

@@ -220,7 +220,7 @@ def test_sincos_position_init_is_the_2d_sincos_embedding():
 
 def test_blocked_attention_equals_the_materialised_softmax():
   # Independent truth: float64 numpy softmax(QK^T / sqrt(d)) V over all keys at once.
-  from vqd_jax.transformer import attention  # pylint: disable=import-outside-toplevel
+  from vqd_jax.layers import attention  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   q, k, v = (rng.standard_normal((2, 512, 3, 8)) for _ in range(3))
   scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)

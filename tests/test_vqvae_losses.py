@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from vqd_jax import vqvae
+from vqd_jax.interop import lpips as lpips_io
 
 
 def test_reconstruction_losses():
@@ -102,7 +103,7 @@ def test_lpips_matches_torch_reference_from_local_files(tmp_path):
   heads = {k: v for k, v in sd.items() if not k.startswith("net.")}
   safetensors_torch.save_file(trunk, str(tmp_path / "vgg16.safetensors"))
   torch.save(heads, str(tmp_path / "lpips_heads.pth"))
-  params = vqvae.load_lpips_params(tmp_path / "vgg16.safetensors", tmp_path / "lpips_heads.pth")
+  params = lpips_io.load_lpips_params(tmp_path / "vgg16.safetensors", tmp_path / "lpips_heads.pth")
 
   rng = np.random.RandomState(0)
   x = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
@@ -115,4 +116,4 @@ def test_lpips_matches_torch_reference_from_local_files(tmp_path):
   np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-5)
   assert float(jnp.abs(lpips({"params": params}, jnp.asarray(x), jnp.asarray(x))).max()) < 1e-6
   with pytest.raises(ValueError, match="missing"):
-    vqvae.load_lpips_params(tmp_path / "lpips_heads.pth")
+    lpips_io.load_lpips_params(tmp_path / "lpips_heads.pth")

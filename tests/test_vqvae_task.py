@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vqd_jax import configs_io
 from vqd_jax.training.vqvae_task import VQVAETask
 
 PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0],
@@ -54,20 +55,19 @@ def palette_accuracy(originals: np.ndarray, recon: np.ndarray) -> tuple[float, f
 
 
 def make_config(**sections) -> ml_collections.ConfigDict:
-  """A tiny config in the layout of ``configs/vqvae.py``; ``sections`` update its sections."""
-  c = ml_collections.ConfigDict()
-  c.stage, c.seed = "vqvae", 0
-  c.data = dict(source="shapes", image_size=16, seed=0, num_examples=1000)
-  c.model = dict(block_out_channels=(8, 16), layers_per_block=1, down_attention=(False, False),
+  """``configs/vqvae.py:tiny`` at 16x16 with an EMA codebook; ``sections`` update its sections."""
+  c = configs_io.load_config("configs/vqvae.py:tiny")
+  c.data.update(image_size=16, num_examples=1000)
+  c.model.update(block_out_channels=(8, 16), layers_per_block=1, down_attention=[False, False],
                  up_attention=None, mid_block_attention=True, latent_channels=8, vq_embed_dim=4,
                  num_vq_embeddings=32, norm_num_groups=4, dtype="float32")
-  c.loss = dict(recon="l2", commitment_beta=0.25, codebook_ema=True, codebook_ema_decay=0.9,
+  c.loss.update(recon="l2", commitment_beta=0.25, codebook_ema=True, codebook_ema_decay=0.9,
                 usage_decay=0.9, dead_code_threshold=0.03, warmup_steps=3, kmeans_iterations=2,
-                gan_weight=0.0, gan_start=0, perceptual_weight=0.0, lpips_weights="",
-                disc=dict(base_channels=8, num_layers=2, norm_num_groups=4, lr=1e-3, b1=0.5, b2=0.9))
-  c.optim = dict(lr=3e-3, warmup_steps=0, decay="constant", b1=0.9, b2=0.99, weight_decay=0.0,
+                gan_weight=0.0, gan_start=0, perceptual_weight=0.0, lpips_weights="")
+  c.loss.disc.update(base_channels=8, num_layers=2, norm_num_groups=4, lr=1e-3, b1=0.5, b2=0.9)
+  c.optim.update(lr=3e-3, warmup_steps=0, decay="constant", b1=0.9, b2=0.99, weight_decay=0.0,
                  grad_clip=1.0)
-  c.train = dict(num_steps=100, batch_size=8, ema_decay=0.0)
+  c.train.update(num_steps=100, batch_size=8, ema_decay=0.0)
   for name, values in sections.items():
     c[name].update(values)
   return c
@@ -151,8 +151,10 @@ def test_gan_waits_for_its_start_step_and_param_ema_tracks():
 
 
 def test_config_errors_are_named():
-  with pytest.raises(ValueError, match="Unknown config.model fields"):
+  with pytest.raises(ValueError, match="config.model.channel_mult is not a field of VQAutoencoder"):
     VQVAETask(make_config(model=dict(channel_mult=(1, 2))))
+  with pytest.raises(ValueError, match="config.model.codebook_ema cannot be set.*config.loss"):
+    VQVAETask(make_config(model=dict(codebook_ema=True)))
   with pytest.raises(ValueError, match="dtype"):
     VQVAETask(make_config(model=dict(dtype="float16")))
   with pytest.raises(ValueError, match="lpips_weights"):
@@ -162,7 +164,6 @@ def test_config_errors_are_named():
 # -- quickstart benchmark (python tests/test_vqvae_task.py) ------------------------------------------
 
 def _benchmark(config_path: str, seconds: float, eval_images: int = 512) -> dict:
-  from vqd_jax import configs_io  # pylint: disable=import-outside-toplevel
   from vqd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   config = configs_io.load_config(config_path)
   task = VQVAETask(config)

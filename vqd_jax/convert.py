@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def export_run(workdir: str, out: str, step: int | None = None, use_ema: bool = True
                ) -> tuple[int, list[str]]:
   """Exports a trained run; returns ``(checkpoint step, notes)``."""
-  from vqd_jax.pipeline import VQDiffusionPipeline  # pylint: disable=import-outside-toplevel
+  from vqd_jax.inference import VQDiffusionPipeline  # pylint: disable=import-outside-toplevel
   pipe = VQDiffusionPipeline.from_run(workdir, step=step, use_ema=use_ema)
   return pipe.checkpoint_step, pipe.save_pretrained(out)
 

@@ -5,7 +5,8 @@
 
 Reads the images named by the diffusion config's ``data`` section, encodes them with the trained
 autoencoder and writes array_record token records (``tokens`` int32 ``[h*w]`` and ``caption``) that
-``data.source='tokens'`` reads.
+``data.source='tokens'`` reads. Config fields are overridden as in ``python -m vqd_jax.train``, e.g.
+``--config.data.source=folder --config.data.path=DIR``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vqd_jax import cpu_devices
+from vqd_jax import configs_io, cpu_devices
 
 
 def encode_dataset(vq, data_cfg, out: str, *, num_examples: int | None = None,
@@ -26,9 +27,9 @@ def encode_dataset(vq, data_cfg, out: str, *, num_examples: int | None = None,
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   from vqd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  from vqd_jax.training import data as train_data  # pylint: disable=import-outside-toplevel
+  from vqd_jax.data import configured as data_config  # pylint: disable=import-outside-toplevel
 
-  source = train_data.make_source(data_cfg)
+  source = data_config.make_source(data_cfg)
   total = len(source) if num_examples is None else min(num_examples, len(source))
   images_of = data_lib.image_loader(source, image_size=data_cfg.image_size)
 
@@ -67,13 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args, overrides = configs_io.parse_args_with_overrides(parser, argv)
   cpu_devices.configure()  # before jax is imported
-  from vqd_jax import configs_io  # pylint: disable=import-outside-toplevel
-  from vqd_jax.training.frozen_vq import FrozenVQ  # pylint: disable=import-outside-toplevel
-  config = configs_io.load_config(args.config)
+  from vqd_jax.inference import load_autoencoder  # pylint: disable=import-outside-toplevel
+  try:
+    config = configs_io.load_config(args.config, overrides["config"])
+  except (ValueError, FileNotFoundError) as e:
+    parser.error(str(e))
   t0 = time.perf_counter()
-  vq = FrozenVQ.from_workdir(args.vqvae_workdir)
+  vq = load_autoencoder(args.vqvae_workdir)
   stats = encode_dataset(vq, config.data, args.out, num_examples=args.num_examples,
                          batch_size=args.batch_size)
   print(f"Encoded {stats['examples']} of {stats['requested']} examples into {args.out} in "

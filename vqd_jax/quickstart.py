@@ -9,6 +9,12 @@ Stages (each resumes if its workdir already holds a finished or interrupted run)
   3. train the diffusion denoiser    configs/diffusion.py:<preset> -> WORKDIR/diffusion
   4. sample held-out prompts         python -m vqd_jax.sample      -> WORKDIR/samples
   5. score them                      python -m vqd_jax.evaluate shapes
+
+Config overrides, as ``--config.<field>=<value>`` of ``python -m vqd_jax.train`` for each stage:
+  --vqvae.<field>=<value>       a field of the autoencoder config, e.g. --vqvae.train.num_steps=100
+  --diffusion.<field>=<value>   a field of the diffusion config, e.g.
+                                --diffusion.train.num_steps=500
+Both repeat, and both are checked before anything trains.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from vqd_jax import cpu_devices
+from vqd_jax import configs_io, cpu_devices
+
+STAGES = ("vqvae", "diffusion")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--num-prompts", type=int, default=None,
                  help="Held-out shapes prompts to sample and score (default 300, with --long "
                       "1,000: one standard error of the score is then about 0.025 and 0.01).")
-  p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                 help="Config override for a stage, e.g. --set diffusion.train.num_steps=500 or "
-                      "--set vqvae.train.num_steps=100 (repeatable).")
+  # --vqvae.<field>=<value> and --diffusion.<field>=<value> are taken out of the arguments first
+  # (configs_io.pop_override_flags); the description above explains them.
   return p
 
 
@@ -46,38 +53,38 @@ def heldout_prompts(num: int, image_size: int) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args, overrides = configs_io.parse_args_with_overrides(parser, argv, STAGES + ("config",))
+  if overrides.pop("config"):
+    parser.error("two stages, two configs: override with --vqvae.<field>=<value> or "
+                 "--diffusion.<field>=<value>.")
   num_prompts = args.num_prompts if args.num_prompts is not None else 1000 if args.long else 300
   if num_prompts < 1:
     raise SystemExit(f"--num-prompts must be at least 1, got {num_prompts}.")
   cpu_devices.configure(training=True)  # before jax is imported; training dominates
-  from vqd_jax import configs_io, diffusion, encode, sample  # pylint: disable=import-outside-toplevel
-  from vqd_jax.evaluation import shapes as shapes_eval  # pylint: disable=import-outside-toplevel
-  from vqd_jax.training import loop  # pylint: disable=import-outside-toplevel
-  from vqd_jax.training.diffusion_task import load_trained  # pylint: disable=import-outside-toplevel
-  from vqd_jax.training.frozen_vq import FrozenVQ  # pylint: disable=import-outside-toplevel
-
   preset = "shapes_long" if args.long else "shapes"
-  overrides = {"vqvae": [], "diffusion": []}
-  for item in args.set:
-    stage, _, rest = item.partition(".")
-    if stage not in overrides:
-      raise SystemExit(f"--set {item}: must start with 'vqvae.' or 'diffusion.'.")
-    overrides[stage].append(rest)
+  try:  # both stages' overrides are checked before anything trains
+    vq_cfg = configs_io.load_config(f"configs/vqvae.py:{preset}", overrides["vqvae"])
+    dm_cfg = configs_io.load_config(f"configs/diffusion.py:{preset}", overrides["diffusion"])
+  except ValueError as e:
+    parser.error(str(e))
+  from vqd_jax import diffusion, encode, sample  # pylint: disable=import-outside-toplevel
+  from vqd_jax.evaluation import shapes as shapes_eval  # pylint: disable=import-outside-toplevel
+  from vqd_jax.inference import VQDiffusionPipeline, load_autoencoder  # pylint: disable=import-outside-toplevel
+  from vqd_jax.training import loop  # pylint: disable=import-outside-toplevel
+
   w = os.path.abspath(args.workdir)
   vq_dir, tok_dir, dm_dir, out_dir = (os.path.join(w, d) for d in
                                       ("vqvae", "tokens", "diffusion", "samples"))
   timings = {}
 
   t = time.perf_counter()
-  vq_cfg = configs_io.load_config(f"configs/vqvae.py:{preset}", overrides["vqvae"])
   loop.train_and_evaluate(vq_cfg, vq_dir)
   timings["vqvae_train_s"] = time.perf_counter() - t
 
   t = time.perf_counter()
-  dm_cfg = configs_io.load_config(f"configs/diffusion.py:{preset}", overrides["diffusion"])
   if not os.path.exists(os.path.join(tok_dir, "DONE")):
-    vq = FrozenVQ.from_workdir(vq_dir)
+    vq = load_autoencoder(vq_dir)
     encode.encode_dataset(vq, dm_cfg.data, tok_dir, num_examples=dm_cfg.data.num_examples)
     open(os.path.join(tok_dir, "DONE"), "w", encoding="utf-8").close()
   timings["encode_s"] = time.perf_counter() - t
@@ -92,11 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   timings["diffusion_train_s"] = time.perf_counter() - t
 
   t = time.perf_counter()
-  task, params, _ = load_trained(dm_dir)
-  settings = diffusion.SamplerConfig(**task.config.sampling.to_dict())
+  pipe = VQDiffusionPipeline.from_run(dm_dir)
+  settings = diffusion.SamplerConfig(**pipe.sampling_defaults)
   prompts = heldout_prompts(num_prompts, image_size)
-  sample.generate_to_folder(task, params, prompts, out_dir, num_samples=1, settings=settings,
-                            seed=0)
+  sample.generate_to_folder(pipe, prompts, out_dir, num_samples=1, settings=settings, seed=0)
   timings["sample_s"] = time.perf_counter() - t
 
   report = shapes_eval.evaluate_folder(out_dir)

@@ -85,10 +85,11 @@ def read_prompts(args) -> list[str]:
   return list(args.prompt)
 
 
-def generate_to_folder(task, params, prompts: Sequence[str], out: str, *, num_samples: int,
-                       settings, seed: int, batch_size: int = 64, extra_info: dict | None = None
-                       ) -> list[dict]:
-  """Samples ``num_samples`` images per prompt into ``out``; returns the samples.jsonl records."""
+def generate_to_folder(pipe, prompts: Sequence[str], out: str, *, num_samples: int, settings,
+                       seed: int, batch_size: int = 64, init_image=None, inpaint_mask=None,
+                       extra_info: dict | None = None) -> list[dict]:
+  """Samples ``num_samples`` images per prompt with ``pipe`` (a ``VQDiffusionPipeline``) into
+  ``out``; returns the samples.jsonl records."""
   import jax  # pylint: disable=import-outside-toplevel
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   from vqd_jax import images as images_lib  # pylint: disable=import-outside-toplevel
@@ -102,8 +103,8 @@ def generate_to_folder(task, params, prompts: Sequence[str], out: str, *, num_sa
       chunk = jobs[start:start + batch_size]
       # Pad the last chunk to the batch size so every call reuses one compiled program.
       padded = chunk + [chunk[-1]] * (batch_size - len(chunk)) if len(jobs) > batch_size else chunk
-      imgs = task.generate(params, [p for p, _ in padded], jax.random.fold_in(key, start),
-                           settings)[:len(chunk)]
+      imgs = pipe.generate(pipe.params, [p for p, _ in padded], jax.random.fold_in(key, start),
+                           settings, init_image, inpaint_mask)[:len(chunk)]
       for (prompt, i), img in zip(chunk, imgs):
         name = f"{len(records):05d}.png"
         images_lib.save_png(os.path.join(out, name), img)
@@ -131,36 +132,36 @@ def _read_image(path: str, size: tuple[int, int], mode: str) -> np.ndarray:
     return np.asarray(img, np.uint8)
 
 
-def _pipeline_task(args):
-  """``(pipeline, task-like object with .generate, settings)`` for --pretrained or inpainting."""
-  import functools  # pylint: disable=import-outside-toplevel
-  import types  # pylint: disable=import-outside-toplevel
-  from vqd_jax.pipeline import VQDiffusionPipeline  # pylint: disable=import-outside-toplevel
+def load_pipeline(args):
+  """``(pipeline, settings, init image, mask, record fields)`` for the parsed arguments."""
+  from vqd_jax.inference import VQDiffusionPipeline  # pylint: disable=import-outside-toplevel
+  from vqd_jax.inference import settings as settings_lib  # pylint: disable=import-outside-toplevel
 
   if args.pretrained:
     pipe = VQDiffusionPipeline.from_pretrained(args.pretrained)
-    defaults = {"guidance": 5.0, "truncation": 1.0, "steps": None, "purity": None}
+    defaults = {"guidance_scale": 5.0, "truncation_rate": 1.0, "num_steps": None,
+                "purity_weight": None}
+    source = {"pretrained": args.pretrained}
   else:
     pipe = VQDiffusionPipeline.from_run(args.workdir, step=args.step, use_ema=not args.no_ema)
-    run = pipe.sampling_defaults
-    defaults = {"guidance": run.get("guidance_scale", 1.0), "steps": run.get("num_steps"),
-                "truncation": run.get("truncation_rate", 1.0), "purity": run.get("purity_weight")}
-  pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]
-  if args.mask and not args.init_image:
-    raise SystemExit("--mask needs --init-image (the image whose unmasked part is kept).")
-  if args.init_image and not args.mask and args.start_t is None:
-    raise SystemExit("--init-image without --mask edits the whole image: give --start-t (how far "
-                     "to noise it, 0..T-1), or a --mask to inpaint.")
+    defaults = pipe.sampling_defaults
+    source = {"checkpoint_step": pipe.checkpoint_step}
+  given = {"num_steps": args.steps, "guidance_scale": args.guidance,
+           "truncation_rate": args.truncation, "purity_weight": args.purity}
+  pick = {k: given[k] if given[k] is not None else defaults.get(k) for k in given}
   init = mask = None
   if args.init_image:
     init = _read_image(args.init_image, pipe.image_size, "RGB")
     mask = _read_image(args.mask, pipe.image_size, "L") if args.mask else None
-  settings = pipe.sampler_config(pick("steps"), pick("guidance"), pick("truncation"),
-                                 pick("purity"), args.start_t,
-                                 "mask" if mask is not None or init is None else "noise")
-  task = types.SimpleNamespace(generate=functools.partial(pipe.generate, init_image=init,
-                                                          inpaint_mask=mask))
-  return pipe, task, settings
+  try:
+    settings = settings_lib.settings_for_call(
+        pipe.num_timesteps, pick["num_steps"], pick["guidance_scale"],
+        1.0 if pick["truncation_rate"] is None else pick["truncation_rate"],
+        pick["purity_weight"], args.start_t, has_init_image=init is not None,
+        has_mask=args.mask is not None)
+  except ValueError as e:
+    raise SystemExit(f"{e} (flags: --init-image, --mask, --start-t, --steps)") from e
+  return pipe, settings, init, mask, dict(source, init_image=args.init_image, mask=args.mask)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,30 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   cpu_devices.configure()  # before jax is imported
   prompts = read_prompts(args)
   t0 = time.perf_counter()
-  if args.pretrained or args.init_image or args.mask:
-    pipe, task, settings = _pipeline_task(args)
-    source = {"pretrained": args.pretrained} if args.pretrained else {
-        "checkpoint_step": pipe.checkpoint_step}
-    extra = dict(source, init_image=args.init_image, mask=args.mask)
-    records = generate_to_folder(task, pipe.params, prompts, args.out,
-                                 num_samples=args.num_samples, settings=settings, seed=args.seed,
-                                 batch_size=args.batch_size, extra_info=extra)
-    print(f"Wrote {len(records)} images, grid.png and samples.jsonl to {args.out} "
-          f"in {time.perf_counter() - t0:.1f}s.")
-    return 0
-
-  from vqd_jax import diffusion  # pylint: disable=import-outside-toplevel
-  from vqd_jax.training.diffusion_task import load_trained  # pylint: disable=import-outside-toplevel
-
-  task, params, step = load_trained(args.workdir, step=args.step, use_ema=not args.no_ema)
-  defaults = task.config.sampling.to_dict()
-  overrides = {"num_steps": args.steps, "guidance_scale": args.guidance,
-               "truncation_rate": args.truncation, "purity_weight": args.purity}
-  defaults.update({k: v for k, v in overrides.items() if v is not None})
-  settings = diffusion.SamplerConfig(**defaults)
-  records = generate_to_folder(task, params, prompts, args.out, num_samples=args.num_samples,
+  pipe, settings, init, mask, extra = load_pipeline(args)
+  records = generate_to_folder(pipe, prompts, args.out, num_samples=args.num_samples,
                                settings=settings, seed=args.seed, batch_size=args.batch_size,
-                               extra_info={"checkpoint_step": step})
+                               init_image=init, inpaint_mask=mask, extra_info=extra)
   print(f"Wrote {len(records)} images, grid.png and samples.jsonl to {args.out} "
         f"in {time.perf_counter() - t0:.1f}s.")
   return 0

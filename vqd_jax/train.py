@@ -4,8 +4,9 @@ r"""Trains a stage (VQ autoencoder or diffusion denoiser), resuming from the lat
   python -m vqd_jax.train --config configs/diffusion.py:shapes --workdir runs/dm \
       --config.vqvae_workdir=runs/vq --config.train.num_steps=5000
 
-Any config field can be overridden with ``--config.<field>=<value>``. Re-running the same command
-after a crash or preemption continues from the last checkpoint in ``--workdir``.
+Any config field can be overridden with ``--config.<field>=<value>``. ``configs/...`` paths are
+found relative to the working directory, else among the configs installed with vqd_jax. Re-running
+the same command after a crash or preemption continues from the last checkpoint in ``--workdir``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from vqd_jax import cpu_devices
+from vqd_jax import configs_io, cpu_devices
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and preset, e.g. configs/diffusion.py:shapes (presets are listed "
@@ -41,18 +42,47 @@ def quiet_library_logs() -> None:
     logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def resolve_config_argument(argv: list[str]) -> list[str]:
+  """``argv`` with the file of ``--config PATH[:preset]`` resolved (see ``configs_io.resolve``)."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      value = arg[len("--config="):]
+      out[i] = "--config=" + _resolved_or_given(value)
+    elif arg == "--config" and i + 1 < len(out):
+      out[i + 1] = _resolved_or_given(out[i + 1])
+  return out
+
+
+def _resolved_or_given(spec: str) -> str:
+  try:
+    return configs_io.resolve_spec(spec)
+  except FileNotFoundError:
+    return spec  # absl then reports the missing file
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  # The config file is loaded while flags are parsed, and it imports jax: set up devices first.
+  cpu_devices.configure(training=True)
+  return app.parse_flags_with_usage(resolve_config_argument(argv))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   quiet_library_logs()
-  cpu_devices.configure(training=True)  # before jax is imported
   from vqd_jax import distributed  # pylint: disable=import-outside-toplevel
   distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from vqd_jax.data import configured as data  # pylint: disable=import-outside-toplevel
   from vqd_jax.training import loop  # pylint: disable=import-outside-toplevel
+  try:  # a preset without data: say what to set, without a traceback
+    data.check_data_config(_CONFIG.value.data, _CONFIG.value.stage)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   metrics = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_after=_STOP_AFTER.value)
   logging.info("Done: %s", {k: round(v, 5) for k, v in metrics.items()})
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -29,12 +30,18 @@ def prepare_task(config: ml_collections.ConfigDict, vqvae_config: str | None):
   workdir = tempfile.mkdtemp(prefix="vqd_bench_")
   # The untrained autoencoder of a 256px preset weighs hundreds of MB; benchmarks leave nothing.
   atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-  if config.stage == "diffusion" and not config.get("vqvae_workdir"):
+  if not config.data.source:
+    # Presets for real datasets name none; the step's cost is the same on procedural images.
+    print(f"Benchmark data: procedural shapes at {config.data.image_size}px (the config names "
+          "no data.source).", file=sys.stderr)
+    with config.unlocked():
+      config.data.source = "shapes"
+  if config.stage == "diffusion" and not config.vqvae_workdir:
     from vqd_jax import configs_io  # pylint: disable=import-outside-toplevel
-    from vqd_jax.training import frozen_vq  # pylint: disable=import-outside-toplevel
+    from vqd_jax.training import vqvae_task  # pylint: disable=import-outside-toplevel
     vq_cfg = configs_io.load_config(vqvae_config or default_vqvae_config(config.data.image_size))
     vq_dir = os.path.join(workdir, "vqvae")
-    frozen_vq.save_untrained(vq_dir, vq_cfg)
+    vqvae_task.save_untrained(vq_dir, vq_cfg)
     with config.unlocked():
       config.vqvae_workdir = vq_dir
   return tasks.make_task(config, os.path.join(workdir, config.stage))

@@ -6,7 +6,8 @@ On CPU the mesh's devices are simulated (``--xla_force_host_platform_device_coun
 for a TPU/GPU layout can be read on a laptop. Prints JSON with per-device bytes of parameters,
 optimizer state and EMA, their totals, the ideal per-device share (weights are split over fsdp x
 tensor and copied over data), the largest arrays left whole on every device, and (unless
-``--no-compile``) the compiler's memory analysis of one train step.
+``--no-compile``) the compiler's memory analysis of one train step. Any config field can be
+overridden with ``--config.<field>=<value>`` (repeatable), as in ``python -m vqd_jax.train``.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", default="configs/diffusion.py:B", help="Config and preset.")
   p.add_argument("--mesh", default="data=1,fsdp=8",
                  help="Mesh axis sizes, e.g. data=2,fsdp=4,tensor=1 (-1 fills the rest).")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="Config override (repeatable), e.g. --set train.batch_size=64.")
   p.add_argument("--vqvae-config", default=None,
                  help="Autoencoder config for diffusion configs without a trained vqvae_workdir "
                       "(default by image size: configs/vqvae.py:shapes for 32px, "
@@ -82,22 +81,26 @@ def state_report(abstract, mesh) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  from vqd_jax import configs_io  # pylint: disable=import-outside-toplevel
+  parser = build_parser()
+  args, overrides = configs_io.parse_args_with_overrides(parser, argv)
   mesh_shape = parse_mesh(args.mesh)
   from vqd_jax.benchmarks import common  # pylint: disable=import-outside-toplevel
   if all(v > 0 for v in mesh_shape.values()):
     common.set_host_device_count(math.prod(mesh_shape.values()))  # before jax is imported
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  from vqd_jax import configs_io  # pylint: disable=import-outside-toplevel
   from vqd_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
 
-  config = configs_io.load_config(args.config, args.set)
+  try:
+    config = configs_io.load_config(args.config, overrides["config"])
+  except (ValueError, FileNotFoundError) as e:
+    parser.error(str(e))
   with config.unlocked():
     config.mesh = mesh_shape
   task = common.prepare_task(config, args.vqvae_config)
   mesh = sharding_lib.make_mesh(mesh_shape)
-  rules = sharding_lib.rules_from_config(config.get("sharding_rules"))
+  rules = sharding_lib.rules_from_config(config.sharding_rules)
   report = {"config": args.config, "mesh": dict(zip(mesh.axis_names, mesh.devices.shape)),
             "devices": int(mesh.devices.size)}
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

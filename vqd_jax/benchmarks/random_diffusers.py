@@ -17,6 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vqd_jax.transformer.presets import PRESETS
+
+_S = PRESETS["S"]
 TOKENIZER_WORDS = ("a", "photo", "of", "the", "cat", "dog", "red", "blue", "large", "small",
                    "circle", "square", "on", "beach", "sky")
 
@@ -28,7 +31,7 @@ class RandomPipelineSizes:
   Attributes:
     num_codes: K, VQ codebook size (the transformer has K + 1 token classes).
     token_side: side of the token grid (32 -> 1024 tokens).
-    num_layers, num_heads, head_dim: denoising transformer (S: 18 x 16 heads x 12).
+    num_layers, num_heads, head_dim: denoising transformer (default: the S preset's).
     num_timesteps: T of the scheduler and rows of the AdaLN timestep table.
     text_width, text_layers, text_heads: the CLIP text transformer (B/32: 512, 12, 8).
     vq_channels: VQ ``block_out_channels``; ``len - 1`` halvings from image to token grid.
@@ -38,9 +41,9 @@ class RandomPipelineSizes:
   """
   num_codes: int = 4096
   token_side: int = 32
-  num_layers: int = 18
-  num_heads: int = 16
-  head_dim: int = 12
+  num_layers: int = _S["num_layers"]
+  num_heads: int = _S["num_heads"]
+  head_dim: int = _S["head_dim"]
   num_timesteps: int = 100
   text_width: int = 512
   text_layers: int = 12

@@ -2,10 +2,10 @@
 
   python -m vqd_jax.bench sample --vs-diffusers [--steps 10 --batch-size 1 ...]
 
-One random-weight VQ-Diffusion checkpoint (default: VQ-Diffusion-S transformer, 18 layers x 192
-width, 16 heads of 12, K = 4096 codes on a 32x32 token grid, CLIP B/32-sized text encoder of width
-512, ITHQ's VQ decoder to 256x256) is saved in the diffusers layout; diffusers runs it from the
-folder in PyTorch and vqd_jax loads the same folder. Both generate ``--batch-size`` images with the
+One random-weight VQ-Diffusion checkpoint (default: the VQ-Diffusion-S transformer of
+``vqd_jax.transformer.presets``, K = 4096 codes on a 32x32 token grid, CLIP B/32-sized text encoder
+of width 512, ITHQ's VQ decoder to 256x256) is saved in the diffusers layout; diffusers runs it from
+the folder in PyTorch and vqd_jax loads the same folder. Both generate ``--batch-size`` images with the
 same step count, guidance and truncation, timing the whole pipeline: prompt encoding, every step
 and VQ decoding. vqd_jax's first call compiles (reported separately); timings are the best of
 ``--repeats`` runs after one warm-up, interleaved so both see the same machine load; the process
@@ -25,10 +25,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 
+from vqd_jax.transformer.presets import PRESETS as TRANSFORMER_PRESETS
+
+_S = TRANSFORMER_PRESETS["S"]
 PRESETS = {
-    "S": dict(num_layers=18, num_heads=16, head_dim=12, num_codes=4096, token_side=32,
-              text_width=512, text_layers=12, text_heads=8, vq_channels="64,128,256,512",
-              vq_layers_per_block=2),
+    # The S transformer with ITHQ's VQ (4096 codes) and CLIP B/32.
+    "S": dict(num_layers=_S["num_layers"], num_heads=_S["num_heads"], head_dim=_S["head_dim"],
+              num_codes=4096, token_side=_S["height"], text_width=_S["cross_attention_dim"],
+              text_layers=12, text_heads=8, vq_channels="64,128,256,512", vq_layers_per_block=2),
     # A quick sanity run: same structure, a few seconds per pipeline.
     "small": dict(num_layers=4, num_heads=4, head_dim=16, num_codes=1024, token_side=16,
                   text_width=128, text_layers=2, text_heads=4, vq_channels="32,64,128",
@@ -86,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   import jax
   import torch
   from vqd_jax.benchmarks.random_diffusers import RandomPipelineSizes, save_random_pipeline
-  from vqd_jax.pipeline import VQDiffusionPipeline
+  from vqd_jax.inference import VQDiffusionPipeline
   # pylint: enable=import-outside-toplevel
 
   if args.threads:

@@ -1,4 +1,4 @@
-"""Training objective of VQ-Diffusion (§2 of the notes): variational bound + auxiliary x0 loss.
+"""Training objective of VQ-Diffusion (Gu et al. 2022): variational bound + auxiliary x0 loss.
 
 The importance-sampling state of the official code (``Lt_history``/``Lt_count`` buffers mutated in
 ``forward``) is an explicit ``LossHistory`` pytree here: ``sample_timesteps`` reads it and

@@ -1,4 +1,4 @@
-"""The mask-and-replace forward process and its exact posteriors (VQ-Diffusion, §1 of the notes).
+"""The mask-and-replace forward process and its exact posteriors (VQ-Diffusion, Gu et al. 2022).
 
 Tokens take K real codes ``0..K-1`` plus [MASK] = K. All distributions are channels last:
 log-probabilities over the K+1 states are ``[B, N, K+1]``, model predictions of x0 are ``[B, N, K]``.

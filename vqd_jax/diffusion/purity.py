@@ -1,6 +1,6 @@
 """The purity-prior high-quality sampler of Improved VQ-Diffusion, as one ``lax.scan``.
 
-Semantics of the official ``p_sample`` with ``prior_rule=2`` (notes §3.1), rearranged for a
+Semantics of the official ``p_sample`` with ``prior_rule=2``, rearranged for a
 compiled loop: every network call reveals a set number of still-masked positions, chosen without
 replacement with probability ∝ purity (the max of p̂(x0) at that position) by Gumbel-top-k, and
 fills them with a draw from ``softmax((1 + w·purity)·log p̂)`` (Eq. 11). Revealed tokens never

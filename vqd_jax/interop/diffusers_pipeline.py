@@ -44,7 +44,7 @@ WORD_TOKENIZER_FILE = "tokenizer.json"
 VQD_TEXT_WEIGHTS = "model.safetensors"
 TEXT_ENCODER_FIELDS = ("vocab_size", "max_length", "width", "num_layers", "num_heads", "mlp_ratio")
 # Written on export; absent from exports made before they existed, which had their default.
-OPTIONAL_TEXT_ENCODER_FIELDS = {"causal": False}
+OPTIONAL_TEXT_ENCODER_FIELDS: dict[str, Any] = {}
 
 # diffusers VQDiffusionScheduler endpoints of Ā and C̄ for each vqd_jax schedule name.
 _RELEASED_ENDPOINTS = dict(alpha_cum_start=0.99999, alpha_cum_end=0.000009,
@@ -155,6 +155,9 @@ def load_vqd_text_encoder(directory: str, dtype: Any = jnp.float32):
   missing = [k for k in TEXT_ENCODER_FIELDS if k not in config]
   if missing:
     raise ValueError(f"{directory}/config.json lacks the TextEncoder fields {missing}.")
+  if config.get("causal"):
+    raise ValueError(f"{directory}/config.json describes a causal text encoder; vqd_jax's "
+                     "TextEncoder attends in both directions.")
   fields = {k: config[k] for k in TEXT_ENCODER_FIELDS}
   fields.update({k: config.get(k, default) for k, default in OPTIONAL_TEXT_ENCODER_FIELDS.items()})
   module = text_lib.TextEncoder(**fields, dtype=dtype)

@@ -103,20 +103,10 @@ def clip_config_to_hf(config, tokenizer) -> dict[str, Any]:
 def clip_state_dict(params: Any, prefix: str = "text_model.") -> dict[str, np.ndarray]:
   """A transformers ``CLIPTextModel`` state dict (hub key layout) from our CLIP params.
 
-  Our attention projections are ``DenseGeneral`` kernels ``[D, H, Dh]`` (out: ``[H, Dh, D]``) with
-  ``[H, Dh]`` biases; torch's are ``[D, D]`` matrices and ``[D]`` biases, so they are flattened
-  before the generic (transposing) conversion.
+  Our projections are plain ``[in, out]`` Dense kernels named like HF's, so the generic
+  (transposing) conversion is all it takes.
   """
-  import flax.traverse_util  # pylint: disable=import-outside-toplevel
-  flat = flax.traverse_util.flatten_dict(nn.meta.unbox(params))
-  for path, value in list(flat.items()):
-    value = np.asarray(value)
-    if path[-1] == "kernel" and value.ndim == 3:
-      flat[path] = value.reshape(-1, value.shape[-1]) if path[-2] == "out_proj" else \
-          value.reshape(value.shape[0], -1)
-    elif path[-1] == "bias" and value.ndim == 2:
-      flat[path] = value.reshape(-1)
-  state = sd.params_to_state_dict(flax.traverse_util.unflatten_dict(flat))
+  state = sd.params_to_state_dict(nn.meta.unbox(params))
   return {prefix + k: v for k, v in state.items()}
 
 

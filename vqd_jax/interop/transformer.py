@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from vqd_jax.interop.state_dict import load_state_dict, params_to_state_dict, state_dict_to_params
+from vqd_jax.transformer import fields as transformer_fields
 from vqd_jax.transformer.presets import abstract_params
 
 # The official CrossAttention registers a causal-mask buffer that is never used; diffusers ignores it.
@@ -63,32 +64,36 @@ def transformer_config_from_diffusers(config: Mapping[str, Any]) -> dict[str, An
       head_dim=int(require("attention_head_dim")),
       cross_attention_dim=int(require("cross_attention_dim")),
       num_embeds_ada_norm=int(config["num_embeds_ada_norm"]),
-      mlp_ratio=4,
+      mlp_ratio=4,  # diffusers' FeedForward: a fixed x4 hidden width
       dropout=float(config.get("dropout", 0.0)),
   )
 
 
-# vqd_jax extensions diffusers cannot hold: field -> (the official value, what diffusers has instead).
-_DIFFUSERS_ONLY = {
-    "mlp_type": ("fc", "only the fc MLP"),
-    "patch_size": (1, "one position per token"),
-    "relative_position_bias": (False, "no relative position bias"),
-    "pooled_text_adaln": (False, "no pooled-text AdaLN conditioning"),
-}
+# The Text2ImageTransformer fields a diffusers Transformer2DModel config holds (see below). Every
+# other architecture field must keep its dataclass default (the official layout) to export.
+DIFFUSERS_FIELDS = ("num_classes", "height", "width", "num_layers", "num_heads", "head_dim",
+                    "cross_attention_dim", "num_embeds_ada_norm", "dropout")
+
+
+def check_exportable(fields: Mapping[str, Any]) -> None:
+  """Raises ValueError when ``Text2ImageTransformer(**fields)`` has no diffusers equivalent."""
+  if fields["height"] != fields["width"]:
+    raise ValueError("diffusers' Transformer2DModel has one sample_size: height must equal width.")
+  for field, official in transformer_fields.architecture_defaults().items():
+    if field in DIFFUSERS_FIELDS or field in transformer_fields.INIT_ONLY:
+      continue
+    value = fields.get(field, official)
+    if value != official:
+      raise ValueError(
+          f"A model with {field}={value!r} cannot be exported to diffusers' Transformer2DModel, "
+          f"which has only {field}={official!r} (its {field.replace('_', ' ')} is a vqd_jax "
+          "extension); sample it with python -m vqd_jax.sample.")
 
 
 def transformer_config_to_diffusers(fields: Mapping[str, Any]) -> dict[str, Any]:
   """The diffusers ``Transformer2DModel`` config of ``Text2ImageTransformer(**fields)``, for export."""
-  if fields.get("mlp_ratio", 4) != 4:
-    raise ValueError("diffusers' FeedForward has a fixed ×4 hidden width; mlp_ratio must be 4 to "
-                     "export.")
-  if fields["height"] != fields["width"]:
-    raise ValueError("diffusers' Transformer2DModel has one sample_size: height must equal width.")
-  for field, (official, layout) in _DIFFUSERS_ONLY.items():
-    value = fields.get(field, official)
-    if value != official:
-      raise ValueError(f"diffusers' Transformer2DModel has {layout}; a model with {field}={value!r} "
-                       "cannot be exported to it (sample it with python -m vqd_jax.sample).")
+  check_exportable(fields)
+  defaults = transformer_fields.architecture_defaults()
   return dict(
       _class_name="Transformer2DModel",
       num_vector_embeds=fields["num_classes"] + 1,
@@ -97,8 +102,8 @@ def transformer_config_to_diffusers(fields: Mapping[str, Any]) -> dict[str, Any]
       num_attention_heads=fields["num_heads"],
       attention_head_dim=fields["head_dim"],
       cross_attention_dim=fields["cross_attention_dim"],
-      num_embeds_ada_norm=fields.get("num_embeds_ada_norm", 100),
-      dropout=fields.get("dropout", 0.0),
+      num_embeds_ada_norm=fields.get("num_embeds_ada_norm", defaults["num_embeds_ada_norm"]),
+      dropout=fields.get("dropout", defaults["dropout"]),
       activation_fn="geglu-approximate",
       attention_bias=True,
       norm_type="ada_norm",

@@ -18,18 +18,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqd_jax.layers import HF_PROJECTIONS, Attention, approximate_gelu, dense, embed, layer_norm
+
 _HF_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
                     num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu",
                     layer_norm_eps=1e-5)
 
 
-def _quick_gelu(x: jax.Array) -> jax.Array:
-  return x * jax.nn.sigmoid(1.702 * x)
-
-
 # HF ACT2FN names -> JAX. "gelu" is the exact (erf) GELU; the tanh form has its own names.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "quick_gelu": _quick_gelu,
+    "quick_gelu": approximate_gelu,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
@@ -68,14 +66,6 @@ def clip_config_from_hf(config_dict: Mapping[str, Any]) -> CLIPTextConfig:
   return CLIPTextConfig(**values)
 
 
-def _layer_norm(eps: float, dtype, param_dtype, name: str) -> nn.LayerNorm:
-  # use_fast_variance=False: E[(x-mean)^2] like torch, rather than E[x^2]-mean^2.
-  return nn.LayerNorm(
-      epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), name=name)
-
-
 class CLIPTextEmbeddings(nn.Module):
   """Token plus learned absolute position embeddings: ``[B, L]`` ids -> ``[B, L, D]``."""
   config: CLIPTextConfig
@@ -84,53 +74,12 @@ class CLIPTextEmbeddings(nn.Module):
 
   @nn.compact
   def __call__(self, ids: jax.Array) -> jax.Array:
-    cfg = self.config
-    init = nn.initializers.normal(0.02)
-    tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                      embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")),
-                      name="token_embedding")(ids)
-    positions = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=self.dtype,
-                         param_dtype=self.param_dtype,
-                         embedding_init=nn.with_logical_partitioning(init, ("length", "embed")),
-                         name="position_embedding")(jnp.arange(ids.shape[-1]))
+    cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    tokens = embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), name="token_embedding",
+                   **kw)(ids)
+    positions = embed(cfg.max_position_embeddings, cfg.hidden_size, ("length", "embed"),
+                      name="position_embedding", **kw)(jnp.arange(ids.shape[-1]))
     return tokens + positions[None]
-
-
-class CLIPAttention(nn.Module):
-  """Multi-head self-attention with a causal mask (and an optional key-padding mask)."""
-  config: CLIPTextConfig
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
-    """x: ``[B, L, D]``; key_mask: ``[B, L]`` bool (True = attend) or None. Returns ``[B, L, D]``."""
-    cfg = self.config
-    heads = cfg.num_attention_heads
-    head_dim = cfg.hidden_size // heads
-    init = nn.initializers.normal(0.02)
-
-    def project(name):
-      return nn.DenseGeneral(
-          (heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype, name=name,
-          kernel_init=nn.with_logical_partitioning(init, ("embed", "heads", "kv")),
-          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")))(x)
-
-    q, k, v = project("q_proj"), project("k_proj"), project("v_proj")  # [B, L, H, K]
-    logits = jnp.einsum("bqhk,bshk->bhqs", q * head_dim**-0.5, k).astype(jnp.float32)
-    length = x.shape[1]
-    allowed = jnp.tril(jnp.ones((length, length), bool))[None, None]  # [1, 1, L, L]
-    if key_mask is not None:
-      allowed = allowed & key_mask.astype(bool)[:, None, None, :]
-    # A large finite negative (not -inf) keeps rows finite even if a caller masks every key.
-    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqs,bshk->bqhk", weights, v)
-    return nn.DenseGeneral(
-        cfg.hidden_size, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(init, ("heads", "kv", "embed")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-        name="out_proj")(out)
 
 
 class CLIPMLP(nn.Module):
@@ -141,29 +90,27 @@ class CLIPMLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    cfg = self.config
-    init = nn.initializers.normal(0.02)
-    h = nn.Dense(cfg.intermediate_size, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1",
-                 kernel_init=nn.with_logical_partitioning(init, ("embed", "mlp")),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
+    cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = dense(cfg.intermediate_size, ("embed", "mlp"), name="fc1", **kw)(x)
     h = ACTIVATIONS[cfg.hidden_act](h)
-    return nn.Dense(cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2",
-                    kernel_init=nn.with_logical_partitioning(init, ("mlp", "embed")),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(h)
+    return dense(cfg.hidden_size, ("mlp", "embed"), name="fc2", **kw)(h)
 
 
 class CLIPEncoderLayer(nn.Module):
-  """Pre-LN block: ``x + attn(ln1(x))`` then ``x + mlp(ln2(x))``."""
+  """Pre-LN block: ``x + attn(ln1(x))`` (causal self-attention) then ``x + mlp(ln2(x))``."""
   config: CLIPTextConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+    """x: ``[B, L, D]``; key_mask: ``[B, L]`` bool (True = attend) or None -> ``[B, L, D]``."""
     cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = _layer_norm(cfg.layer_norm_eps, name="layer_norm1", **kw)(x)
-    x = x + CLIPAttention(cfg, name="self_attn", **kw)(h, key_mask)
-    h = _layer_norm(cfg.layer_norm_eps, name="layer_norm2", **kw)(x)
+    heads = cfg.num_attention_heads
+    h = layer_norm(name="layer_norm1", epsilon=cfg.layer_norm_eps, **kw)(x)
+    x = x + Attention(heads, cfg.hidden_size // heads, causal=True, projection_names=HF_PROJECTIONS,
+                      name="self_attn", **kw)(h, key_mask=key_mask)
+    h = layer_norm(name="layer_norm2", epsilon=cfg.layer_norm_eps, **kw)(x)
     return x + CLIPMLP(cfg, name="mlp", **kw)(h)
 
 
@@ -205,7 +152,7 @@ class CLIPTextEncoder(nn.Module):
                        f"{cfg.max_position_embeddings}; tokenize with max_length <= that.")
     x = CLIPTextEmbeddings(cfg, name="embeddings", **kw)(ids)
     x = CLIPEncoder(cfg, name="encoder", **kw)(x, attention_mask)
-    x = _layer_norm(cfg.layer_norm_eps, name="final_layer_norm", **kw)(x)
+    x = layer_norm(name="final_layer_norm", epsilon=cfg.layer_norm_eps, **kw)(x)
     if normalize:
       x32 = x.astype(jnp.float32)
       norm = jnp.linalg.norm(x32, axis=-1, keepdims=True)

@@ -13,8 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vqd_jax.transformer.attention import Attention
-from vqd_jax.transformer.layers import ACTIVATION_AXES, dense, embed, layer_norm
+from vqd_jax.layers import ACTIVATION_AXES, Attention, dense, embed, layer_norm
 
 Dtype = Any
 
@@ -28,16 +27,15 @@ class TextEncoderBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool = True,
-               bias: jax.Array | None = None) -> jax.Array:
-    """x: [B, L, D]; mask: [B, L] bool; bias: additive [1, 1, L, L] (causal). Returns [B, L, D]."""
+  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool = True) -> jax.Array:
+    """x: [B, L, D]; mask: [B, L] bool, True = real token. Returns [B, L, D]."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"Text encoder width {width} is not divisible by num_heads {self.num_heads}.")
     y = layer_norm(name="ln_1", **kw)(x)
     x = x + Attention(self.num_heads, width // self.num_heads, dropout=self.dropout, name="attn",
-                      **kw)(y, key_mask=mask, bias=bias, deterministic=deterministic)
+                      **kw)(y, key_mask=mask, deterministic=deterministic)
     y = layer_norm(name="ln_2", **kw)(x)
     y = dense(self.mlp_ratio * width, ("embed", "mlp"), name="fc1", **kw)(y)
     y = nn.Dropout(self.dropout)(nn.gelu(y), deterministic=deterministic)
@@ -46,7 +44,7 @@ class TextEncoderBlock(nn.Module):
 
 
 class TextEncoder(nn.Module):
-  """ids [B, L] + mask [B, L] -> states [B, L, width]; ``encode`` makes it a ``TextEncoderProtocol``."""
+  """ids [B, L] + mask [B, L] -> states [B, L, width]."""
   vocab_size: int
   max_length: int
   width: int
@@ -54,10 +52,6 @@ class TextEncoder(nn.Module):
   num_heads: int
   mlp_ratio: int = 4
   dropout: float = 0.0
-  # Each token sees only itself and earlier tokens (as in CLIP's text encoder). In "A to the left
-  # of B" only B's words then see the relation, so the two objects' states differ by it from the
-  # first step. On the shapes data this did not teach the relation's direction (README).
-  causal: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -82,19 +76,10 @@ class TextEncoder(nn.Module):
                       **kw)(jnp.arange(ids.shape[1]))
     x = nn.Dropout(self.dropout)(x + positions[None], deterministic=deterministic)
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-    bias = None
-    if self.causal:
-      length = ids.shape[1]
-      later = jnp.arange(length)[None, :] > jnp.arange(length)[:, None]  # [query, key]
-      bias = jnp.where(later, -1e9, 0.0).astype(jnp.float32)[None, None]
     for i in range(self.num_layers):
       x = TextEncoderBlock(self.num_heads, self.mlp_ratio, self.dropout, name=f"layers_{i}", **kw)(
-          x, mask, deterministic, bias)
+          x, mask, deterministic)
     return layer_norm(name="final_layer_norm", **kw)(x)
-
-  def encode(self, params: Any, ids: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """``TextEncoderProtocol``: states [B, L, width] with dropout off (call on an unbound module)."""
-    return self.apply({"params": params}, ids, mask)
 
   def init_params(self, key: jax.Array) -> Any:
     """Fresh (boxed, logically partitioned) params for ids of length ``max_length``."""

@@ -19,7 +19,8 @@ import jax
 import ml_collections
 
 from vqd_jax import sharding as sharding_lib
-from vqd_jax.training import checkpoint as ckpt_lib
+from vqd_jax import checkpoint as ckpt_lib
+from vqd_jax.data import configured as data_config
 from vqd_jax.training import metrics as metrics_lib
 from vqd_jax.training import tasks as tasks_lib
 
@@ -63,16 +64,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     The last logged metrics.
   """
+  # Before anything is built or written: a preset without data says what to set.
+  data_config.check_data_config(config.data, config.stage)
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)
   task = tasks_lib.make_task(config, workdir)
-  mesh = sharding_lib.make_mesh(config.get("mesh", None) and dict(config.mesh))
-  rules = sharding_lib.rules_from_config(config.get("sharding_rules", None))
+  mesh = sharding_lib.make_mesh(dict(config.mesh))
+  rules = sharding_lib.rules_from_config(config.sharding_rules)
   # Each host loads the rows of every global batch that its devices hold.
   iterator = task.make_train_iterator(*sharding_lib.process_batch_slot(mesh))
-  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.get("keep_checkpoints", 3),
-                                       async_save=config.train.get("async_checkpoints", True))
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                       async_save=config.train.async_checkpoints)
   writer = metrics_lib.MetricWriter(workdir)
   config_json = json.loads(config.to_json_best_effort())
   num_steps = int(config.train.num_steps)
@@ -124,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         writer.write_scalars(step, last_metrics)
         bar.set_postfix(loss=f"{last_metrics.get('loss', float('nan')):.4f}",
                         sps=f"{last_metrics['steps_per_sec']:.2f}")
-      if cfg.get("sample_every", 0) and (step % cfg.sample_every == 0 or done):
+      if cfg.sample_every and (step % cfg.sample_every == 0 or done):
         preview_state = _preview_copy(state)
         if is_main:
           with jax.set_mesh(None):  # a single-device program, outside the training mesh

@@ -10,12 +10,12 @@ import optax
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
   """Linear warm-up to ``cfg.lr`` then ``cfg.decay`` ('cosine', 'linear' or 'constant').
 
-  Cosine and linear decay end at ``cfg.lr * cfg.get('end_lr_factor', 0.0)`` at ``num_steps``.
+  Cosine and linear decay end at ``cfg.lr * cfg.end_lr_factor`` at ``num_steps``.
   """
-  warmup = int(cfg.get("warmup_steps", 0))
-  end = cfg.lr * cfg.get("end_lr_factor", 0.0)
+  warmup = int(cfg.warmup_steps)
+  end = cfg.lr * cfg.end_lr_factor
   decay_steps = max(num_steps - warmup, 1)
-  decay = cfg.get("decay", "cosine")
+  decay = cfg.decay
   if decay == "cosine":
     after = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=end / cfg.lr if cfg.lr else 0.0)
   elif decay == "linear":
@@ -41,8 +41,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Grad
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
   parts = []
-  if cfg.get("grad_clip", 0.0) > 0:
+  if cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-  parts.append(optax.adamw(schedule, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
-                           weight_decay=cfg.get("weight_decay", 0.0), mask=decay_mask))
+  parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
+                           mask=decay_mask))
   return optax.chain(*parts)

@@ -29,34 +29,13 @@ import ml_collections
 import numpy as np
 import optax
 
+from vqd_jax import build
 from vqd_jax import images as images_lib
 from vqd_jax import vqvae
-from vqd_jax.training import data as train_data
+from vqd_jax.interop import lpips as lpips_io
+from vqd_jax.data import configured as data_config
 from vqd_jax.training import optim as optim_lib
 from vqd_jax.training import state as state_lib
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_MODEL_FIELDS = ("block_out_channels", "layers_per_block", "down_attention", "up_attention",
-                 "mid_block_attention", "latent_channels", "vq_embed_dim", "num_vq_embeddings",
-                 "norm_num_groups", "patch_size", "local_encoder")
-
-
-def model_from_config(config: ml_collections.ConfigDict) -> vqvae.VQAutoencoder:
-  """The autoencoder described by ``config.model`` (+ codebook options from ``config.loss``)."""
-  m, loss = config.model, config.loss
-  unknown = sorted(set(m.keys()) - set(_MODEL_FIELDS) - {"dtype"})
-  if unknown:
-    raise ValueError(f"Unknown config.model fields {unknown}; known: {list(_MODEL_FIELDS)} + dtype.")
-  kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-            for k, v in m.items() if k in _MODEL_FIELDS}
-  dtype = m.get("dtype", "float32")
-  if dtype not in _DTYPES:
-    raise ValueError(f"config.model.dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
-  return vqvae.VQAutoencoder(**kwargs, codebook_ema=bool(loss.get("codebook_ema", False)),
-                             ema_decay=float(loss.get("codebook_ema_decay", 0.99)),
-                             usage_decay=float(loss.get("usage_decay", 0.99)),
-                             dtype=_DTYPES[dtype])
-
 
 class VQVAETask:
   """Implements :class:`vqd_jax.training.state.Task` for the VQ autoencoder (see module docstring)."""
@@ -64,22 +43,20 @@ class VQVAETask:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str = ""):
     self.config = config
     self.workdir = workdir
-    self.model = model_from_config(config)
+    self.model = build.autoencoder(config)
     loss = config.loss
     self.tx = optim_lib.make_optimizer(config.optim, config.train.num_steps)
     self.codebook_settings = vqvae.CodebookSettings(
-        warmup_steps=int(loss.get("warmup_steps", 0)),
-        kmeans_iterations=int(loss.get("kmeans_iterations", 3)),
-        use_ema=bool(loss.get("codebook_ema", False)),
-        dead_code_threshold=float(loss.get("dead_code_threshold", 0.0)))
-    self.use_gan = float(loss.get("gan_weight", 0.0)) > 0
+        warmup_steps=int(loss.warmup_steps), kmeans_iterations=int(loss.kmeans_iterations),
+        use_ema=bool(loss.codebook_ema), dead_code_threshold=float(loss.dead_code_threshold))
+    self.use_gan = float(loss.gan_weight) > 0
     if self.use_gan:
       d = loss.disc
       self.disc = vqvae.PatchDiscriminator(base_channels=d.base_channels, num_layers=d.num_layers,
-                                           norm_num_groups=d.get("norm_num_groups", 32))
-      self.disc_tx = optax.adam(d.lr, b1=d.get("b1", 0.5), b2=d.get("b2", 0.9))
-    paths = [p for p in str(loss.get("lpips_weights", "") or "").split(",") if p.strip()]
-    self.use_lpips = float(loss.get("perceptual_weight", 0.0)) > 0
+                                           norm_num_groups=d.norm_num_groups)
+      self.disc_tx = optax.adam(d.lr, b1=d.b1, b2=d.b2)
+    paths = [p for p in str(loss.lpips_weights or "").split(",") if p.strip()]
+    self.use_lpips = float(loss.perceptual_weight) > 0
     if self.use_lpips and not paths:
       raise ValueError("loss.perceptual_weight > 0 needs loss.lpips_weights: local LPIPS weight "
                        "file(s), comma-separated (VGG16 trunk + LPIPS heads; nothing is downloaded). "
@@ -102,7 +79,7 @@ class VQVAETask:
     return self.model.downsample_factor
 
   def make_train_iterator(self, process_index: int, process_count: int):
-    return train_data.make_iterator(self.config.data, self.config.train.batch_size,
+    return data_config.make_iterator(self.config.data, self.config.train.batch_size,
                                     self.config.seed, process_index, process_count)
 
   # -- state --------------------------------------------------------------------------------------
@@ -122,9 +99,9 @@ class VQVAETask:
       extra["disc"] = {"params": disc_params, "opt_state": self.disc_tx.init(disc_params)}
     if self.use_lpips:
       if self._lpips_params is None:
-        self._lpips_params = vqvae.load_lpips_params(*self._lpips_paths)
+        self._lpips_params = lpips_io.load_lpips_params(*self._lpips_paths)
       extra["lpips"] = self._lpips_params
-    ema = params if self.config.train.get("ema_decay", 0.0) > 0 else None
+    ema = params if self.config.train.ema_decay > 0 else None
     return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                 opt_state=self.tx.init(params), ema_params=ema, extra=extra)
 
@@ -133,11 +110,11 @@ class VQVAETask:
   def _nll(self, recon, images, lpips_params):
     """Reconstruction + perceptual terms (scalars) of ``recon`` vs ``images``."""
     loss = self.config.loss
-    rec = vqvae.reconstruction_loss(recon, images, loss.get("recon", "l1"))
+    rec = vqvae.reconstruction_loss(recon, images, loss.recon)
     perceptual = jnp.zeros(())
     if self.use_lpips:
       perceptual = jnp.mean(self.lpips.apply({"params": lpips_params}, recon, images))
-    return rec + loss.get("perceptual_weight", 0.0) * perceptual, (rec, perceptual)
+    return rec + loss.perceptual_weight * perceptual, (rec, perceptual)
 
   def _loss_fn(self, params, extra, images, step):
     loss = self.config.loss
@@ -147,7 +124,7 @@ class VQVAETask:
         use_quantizer=use_q, return_features=self.use_gan, mutable=[vqvae.STATS_COLLECTION])
     lpips_params = extra.get("lpips")
     nll, (rec, perceptual) = self._nll(recon, images, lpips_params)
-    vq = loss.get("commitment_beta", 0.25) * aux["commitment_loss"]
+    vq = loss.commitment_beta * aux["commitment_loss"]
     if not self.codebook_settings.use_ema:
       vq = vq + aux["codebook_loss"]
     total = nll + vq
@@ -180,7 +157,7 @@ class VQVAETask:
     feats = jax.lax.stop_gradient(features)
     adaptive = vqvae.adaptive_gan_weight(vqvae.last_layer_grad_norm(feats, kernel, nll_grad),
                                          vqvae.last_layer_grad_norm(feats, kernel, g_grad))
-    weight = adaptive * vqvae.adopt_weight(loss.gan_weight, step, loss.get("gan_start", 0))
+    weight = adaptive * vqvae.adopt_weight(loss.gan_weight, step, loss.gan_start)
     return g_of(recon), weight
 
   def _disc_update(self, disc, images, recon, step):
@@ -190,7 +167,7 @@ class VQVAETask:
       return vqvae.hinge_discriminator_loss(real, fake)
 
     d_loss, grads = jax.value_and_grad(d_loss_fn)(disc["params"])
-    on = (step >= self.config.loss.get("gan_start", 0)).astype(jnp.float32)
+    on = (step >= self.config.loss.gan_start).astype(jnp.float32)
     grads = jax.tree.map(lambda g: g * on, grads)  # no discriminator updates before gan_start
     updates, opt_state = self.disc_tx.update(grads, disc["opt_state"], disc["params"])
     return {"params": optax.apply_updates(disc["params"], updates), "opt_state": opt_state}, d_loss
@@ -245,7 +222,7 @@ class VQVAETask:
     """The first ``count`` training images (unshuffled), uint8, cached."""
     if self._preview_images is None:
       from vqd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-      it = data_lib.make_pipeline(train_data.make_source(self.config.data), batch_size=count,
+      it = data_lib.make_pipeline(data_config.make_source(self.config.data), batch_size=count,
                                   image_size=self.config.data.image_size, seed=0, shuffle=False)
       self._preview_images = np.asarray(next(it)["image"])
     return self._preview_images
@@ -260,3 +237,20 @@ class VQVAETask:
     if jax.process_index() == 0:
       images_lib.save_png(os.path.join(directory, f"recon_{step:07d}.png"), grid, upscale=4)
       writer.write_image(step, "reconstructions", grid)
+
+
+def save_untrained(workdir: str, config: ml_collections.ConfigDict, seed: int = 0) -> None:
+  """Writes a freshly initialised autoencoder run (step 0) to ``workdir``.
+
+  Benchmarks and tests use it where only shapes and cost matter, through the same loading path as a
+  trained run.
+  """
+  import json  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from vqd_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  task = VQVAETask(config, workdir)
+  example = {"image": jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.uint8)}
+  state = nn.meta.unbox(jax.jit(task.init_state)(jax.random.key(seed), example))
+  ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
+  ckpt.save(0, state, {}, json.loads(config.to_json_best_effort()), force=True)
+  ckpt.close()

@@ -11,6 +11,9 @@ Architecture (official ``Text2ImageTransformer`` = diffusers ``Transformer2DMode
                                                     # "mix": fc + depthwise 3x3, Mix-FFN)
   log p(x0 | x_t) = log_softmax(out(norm_out(h)))    # [B, N, K]
 
+With ``global_cond_dim > 0`` a per-sample vector, projected to the width, joins the timestep
+embedding of every AdaLN (not the official layout).
+
 ``patch_size = p > 1`` runs the blocks over p x p blocks of tokens (see ``transformer.patches``):
 about p² times less compute per image, same inputs and outputs, not the official layout.
 
@@ -32,15 +35,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqd_jax.layers import (ACTIVATION_AXES, AdaLayerNorm, Attention, ConvFeedForward, FeedForward,
+                            MixFeedForward, dense, layer_norm)
 from vqd_jax.transformer import patches
-from vqd_jax.transformer.attention import Attention
-from vqd_jax.transformer.layers import (ACTIVATION_AXES, MLP_TYPES, AdaLayerNorm, ConvFeedForward,
-                                        FeedForward, LatentImageEmbedding, MixFeedForward, dense,
-                                        layer_norm)
-from vqd_jax.transformer.pooled_text import PooledTextEmbedding
+from vqd_jax.transformer.embedding import LatentImageEmbedding
 from vqd_jax.transformer.relative_position import RelativePositionBias
 
 Dtype = Any
+
+MLP_TYPES = ("fc", "conv", "mix")
 
 
 class TransformerBlock(nn.Module):
@@ -64,7 +67,7 @@ class TransformerBlock(nn.Module):
                text_mask: jax.Array | None, cross_attention_bias: jax.Array | None,
                deterministic: bool = True, cond: jax.Array | None = None) -> jax.Array:
     """h: [B, N, D]; t: [B]; text_states: [B, L, Dt]; text_mask: [B, L]; bias: [B|1, H|1, N, L];
-    cond: [B, D] added to both AdaLN timestep embeddings (pooled text), or None."""
+    cond: [B, D] added to both AdaLN timestep embeddings (the projected global_cond), or None."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     attn = dict(num_heads=self.num_heads, head_dim=self.head_dim, dropout=self.dropout, **kw)
     width = h.shape[-1]
@@ -118,8 +121,9 @@ class Text2ImageTransformer(nn.Module):
   patch_size: int = 1
   # A learned 2-D relative position bias in every self-attention; see relative_position.py.
   relative_position_bias: bool = False
-  # The mean text state, projected, joins every AdaLN's timestep embedding; see pooled_text.py.
-  pooled_text_adaln: bool = False
+  # Width of an optional per-sample conditioning vector (e.g. a pooled text embedding); 0: none.
+  # Its projection starts at zero, so a fresh model computes what it would without it.
+  global_cond_dim: int = 0
 
   @property
   def num_tokens(self) -> int:
@@ -128,7 +132,7 @@ class Text2ImageTransformer(nn.Module):
   @nn.compact
   def __call__(self, x_t: jax.Array, t: jax.Array, text_states: jax.Array,
                text_mask: jax.Array | None = None, cross_attention_bias: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True, global_cond: jax.Array | None = None) -> jax.Array:
     """Predicts log p(x0 | x_t).
 
     Args:
@@ -138,11 +142,15 @@ class Text2ImageTransformer(nn.Module):
       text_mask: [B, L] bool, True for real tokens; padded keys get no attention. None: attend to all.
       cross_attention_bias: additive cross-attention logits bias, shape [B|1, H|1, N, L].
       deterministic: False enables dropout (needs a 'dropout' rng).
+      global_cond: [B, global_cond_dim] float, projected (``global_cond_proj``, zero-initialised) to
+        the model width and added to every AdaLN's timestep embedding. None reads as zeros (the
+        projection's bias alone). Only with ``global_cond_dim > 0``.
 
     Returns:
       [B, N, K] float32 log-probabilities over the K codes (never [MASK]).
     """
     t = self._check_inputs(x_t, t, text_states, text_mask, cross_attention_bias)
+    global_cond = self._check_global_cond(global_cond, x_t.shape[0])
     width = self.num_heads * self.head_dim
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p = self.patch_size
@@ -158,8 +166,10 @@ class Text2ImageTransformer(nn.Module):
                              name="latent_image_embedding", **kw)(x_t)
     h = nn.with_logical_constraint(h, ACTIVATION_AXES)
     cond = None
-    if self.pooled_text_adaln:
-      cond = PooledTextEmbedding(width, name="pooled_text_embedding", **kw)(text_states, text_mask)
+    if self.global_cond_dim:
+      # Zero kernel and bias: a fresh model's AdaLNs see exactly their timestep embeddings.
+      cond = dense(width, (None, "embed"), name="global_cond_proj", stddev=0.0, **kw)(
+          global_cond.astype(self.dtype))
     block_cls = TransformerBlock
     if self.remat:
       # Argument 6 (counting self as 0) is `deterministic`, a Python bool.
@@ -178,6 +188,20 @@ class Text2ImageTransformer(nn.Module):
                                   self.height, self.width, p)
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return nn.with_logical_constraint(log_p, ("activation_batch", "activation_length", None))
+
+  def _check_global_cond(self, global_cond: jax.Array | None, batch: int) -> jax.Array | None:
+    """global_cond [B, global_cond_dim] checked (None: zeros when global_cond_dim > 0)."""
+    if not self.global_cond_dim:
+      if global_cond is not None:
+        raise ValueError("global_cond was passed to a model with global_cond_dim=0; set "
+                         "global_cond_dim to its width.")
+      return None
+    if global_cond is None:
+      return jnp.zeros((batch, self.global_cond_dim), jnp.float32)
+    if global_cond.shape != (batch, self.global_cond_dim):
+      raise ValueError(f"global_cond must be [{batch}, {self.global_cond_dim}], got "
+                       f"{global_cond.shape}.")
+    return global_cond
 
   def _check_inputs(self, x_t, t, text_states, text_mask, bias) -> jax.Array:
     if x_t.ndim != 2 or x_t.shape[1] != self.num_tokens:

@@ -1,7 +1,8 @@
-"""Named sizes of the denoising transformer, and parameter counting.
+"""Named sizes of the denoising transformer (written only here), and parameter counting.
 
-Parameter counts (``count_params``, embeddings included; checked by tests/test_transformer_model.py)
-against the reference notes (vq-diffusion-reference.md §4.2):
+``configs/diffusion.py`` reads its S, B and ithq layer and head sizes from :data:`PRESETS`, and so
+do the benchmarks. Parameter counts (``count_params``, embeddings included; checked by
+tests/test_transformer_model.py) against the published models:
 
 =======  ======  =====  =====  ========  =====  =============  =========================================
 preset   layers  width  heads  head dim  K      params         reference
@@ -29,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqd_jax.transformer import fields as fields_lib
 from vqd_jax.transformer.model import Text2ImageTransformer
 
 _COMMON = dict(num_embeds_ada_norm=100, mlp_ratio=4, dropout=0.0)
@@ -50,9 +52,7 @@ def transformer_preset(name: str, **overrides: Any) -> dict[str, Any]:
   if name not in PRESETS:
     raise ValueError(f"Unknown transformer preset {name!r}; choose one of {sorted(PRESETS)}.")
   fields = dict(PRESETS[name])
-  unknown = set(overrides) - set(Text2ImageTransformer.__dataclass_fields__)
-  if unknown:
-    raise ValueError(f"Unknown Text2ImageTransformer fields {sorted(unknown)} in overrides.")
+  fields_lib.check_config_fields(overrides, Text2ImageTransformer, where="")
   fields.update(overrides)
   return fields
 

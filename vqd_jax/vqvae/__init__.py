@@ -10,7 +10,7 @@ Pure Flax modules and functions; the trainer is :mod:`vqd_jax.training.vqvae_tas
 * :mod:`~vqd_jax.vqvae.codebook` - codebook initialisation from encoder outputs (k-means++), EMA,
   dead-code restart (:func:`maintain_codebook`) and :func:`prune_codebook`.
 * Losses: :func:`reconstruction_loss`, hinge GAN with :class:`PatchDiscriminator` and the adaptive
-  weight, and :class:`LPIPS` from local weights (:func:`load_lpips_params`).
+  weight, and :class:`LPIPS` (weights: :func:`vqd_jax.interop.lpips.load_lpips_params`).
 * :func:`encode_tokens` / :func:`decode_tokens` - uint8 images <-> int32 token grids.
 """
 
@@ -33,7 +33,6 @@ from vqd_jax.vqvae.losses import hinge_discriminator_loss
 from vqd_jax.vqvae.losses import last_layer_grad_norm
 from vqd_jax.vqvae.losses import reconstruction_loss
 from vqd_jax.vqvae.lpips import LPIPS
-from vqd_jax.vqvae.lpips import load_lpips_params
 from vqd_jax.vqvae.quantizer import STATS as STATS_COLLECTION
 from vqd_jax.vqvae.quantizer import VectorQuantizer
 from vqd_jax.vqvae.quantizer import code_counts
@@ -50,6 +49,6 @@ __all__ = [
     "VQAutoencoder", "VectorQuantizer", "adaptive_gan_weight", "adopt_weight", "code_counts",
     "codebook_from_ema", "dead_codes", "decode_tokens", "encode_tokens", "float_to_uint8",
     "generator_loss", "hinge_discriminator_loss", "images_to_float", "kmeans_init",
-    "last_layer_grad_norm", "load_lpips_params", "maintain_codebook", "nearest_codes", "perplexity",
+    "last_layer_grad_norm", "maintain_codebook", "nearest_codes", "perplexity",
     "prune_codebook", "prune_vq_stats", "reconstruct", "reconstruction_loss", "restart_dead_codes",
 ]

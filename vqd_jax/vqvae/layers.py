@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqd_jax.layers import Attention
+
 Dtype = Any
 Axes = tuple[str | None, ...]
 
@@ -78,11 +80,31 @@ class ResnetBlock(nn.Module):
     return x + h
 
 
+def single_head_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                          key_mask: jax.Array | None = None, bias: jax.Array | None = None, *,
+                          mask: jax.Array | None = None) -> jax.Array:
+  """softmax(QKᵀ/√C) V for one head: query, key, value [B, N, 1, C] -> [B, N, 1, C].
+
+  The autoencoder's own rounding (product scaled after it, logits in the compute dtype, one head
+  squeezed out), kept so that trained autoencoders reproduce their outputs bit for bit. Positions
+  are never masked here, so masks and biases are refused.
+  """
+  if key_mask is not None or bias is not None or mask is not None:
+    raise ValueError("The autoencoder's spatial attention takes no masks or biases.")
+  if query.shape[2] != 1:
+    raise ValueError(f"single_head_attention takes one head, got {query.shape[2]}.")
+  q, k, v = query[:, :, 0], key[:, :, 0], value[:, :, 0]
+  logits = jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bqk,bkc->bqc", weights, v)[:, :, None]
+
+
 class SpatialSelfAttention(nn.Module):
   """Single-head self-attention over the ``H*W`` positions with a residual: ``[B, H, W, C]``.
 
   diffusers gives VAE attention one head of width C (``attention_head_dim = channels``), so the
-  logits are scaled by ``C ** -0.5``.
+  logits are scaled by ``C ** -0.5``. The projections ``to_q``/``to_k``/``to_v``/``to_out_0`` sit
+  directly under this module, next to ``group_norm``, as in the diffusers ``VQModel`` state dict.
   """
   norm_num_groups: int = 32
   dtype: Dtype = jnp.float32
@@ -92,20 +114,12 @@ class SpatialSelfAttention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-
-    def dense(name):
-      return nn.Dense(
-          c, name=name, **kw,
-          kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                   ("conv_in", "conv_out")),
-          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)))
-
     tokens = group_norm(self.norm_num_groups, c, "group_norm", **kw)(x).reshape(b, h * w, c)
-    q, k, v = dense("to_q")(tokens), dense("to_k")(tokens), dense("to_v")(tokens)
-    logits = jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) * (c ** -0.5)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = dense("to_out_0")(jnp.einsum("bqk,bkc->bqc", weights, v))
-    return x + out.reshape(b, h, w, c)
+    attention = Attention(1, c, embed_axis="conv_in", kv_axis="conv_in", heads_axis="conv_out",
+                          kernel_init=nn.initializers.lecun_normal(),
+                          attention_fn=single_head_attention, name="attention", **kw)
+    nn.share_scope(self, attention)  # Keeps the projections' names those of the state dict.
+    return x + attention(tokens).reshape(b, h, w, c)
 
 
 class Downsample(nn.Module):

@@ -1,17 +1,10 @@
 """LPIPS perceptual distance (Zhang et al. 2018) with VGG16 features, for the optional perceptual loss.
 
-Weights are never downloaded: pass local files. Accepted layouts (torch ``.pth``/``.bin`` or
-``.safetensors``), in one file or split over two:
-
-* VGG16 convolutions as torchvision names them, ``features.{i}.weight/bias`` (``vgg16-*.pth``), or as
-  the ``lpips`` package's full state dict does, ``net.slice{s}.{i}.weight/bias``;
-* the linear heads, ``lin{k}.model.1.weight`` ``[1, C, 1, 1]`` (the ``lpips`` package's
-  ``weights/v0.1/vgg.pth``, also used by taming-transformers).
+Weights are never downloaded: :func:`vqd_jax.interop.lpips.load_lpips_params` reads local files.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -31,11 +24,6 @@ TAPS = (2, 7, 14, 21, 28)
 # The lpips package's ScalingLayer, for inputs in [-1, 1].
 SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
 SCALE = np.array([0.458, 0.448, 0.450], np.float32)
-
-_RENAMES = ((r"^net\.slice\d+\.(\d+)\.", r"vgg.features.\1."),
-            (r"^features\.(\d+)\.", r"vgg.features.\1."),
-            (r"^lin(\d)\.model\.1\.", r"lin\1."))
-_IGNORE = (r"scaling_layer", r"^classifier\.")
 
 
 class VGG16Features(nn.Module):
@@ -73,21 +61,3 @@ class LPIPS(nn.Module):
       head = nn.Conv(1, (1, 1), use_bias=False, name=f"lin{k}")((nx - ny) ** 2)
       total = total + jnp.mean(head, axis=(1, 2, 3))
     return total
-
-
-def load_lpips_params(*paths: str | os.PathLike) -> dict[str, Any]:
-  """LPIPS params from one or more local weight files together holding the VGG16 trunk and heads.
-
-  Raises:
-    FileNotFoundError: a path does not exist.
-    ValueError: weights are missing (e.g. only the heads file was given), naming the missing ones.
-  """
-  from vqd_jax.interop import state_dict as sd_lib  # pylint: disable=import-outside-toplevel
-  merged: dict[str, np.ndarray] = {}
-  for path in paths:
-    merged.update(sd_lib.load_state_dict(path))
-  template = jax.eval_shape(
-      lambda: LPIPS().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 32, 32, 3))))
-  params = sd_lib.state_dict_to_params(merged, template["params"], rules=_RENAMES, ignore=_IGNORE,
-                                       what=f"LPIPS weights {[os.fspath(p) for p in paths]}")
-  return jax.tree.map(jnp.asarray, params)

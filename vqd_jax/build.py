@@ -1,0 +1,122 @@
+"""A run's networks from its config: the one place training and inference both build them from.
+
+A diffusion run folder carries everything its conditioner needs besides the weights: the word
+tokenizer (``tokenizer.json``) or, for a CLIP text source, a copy of the CLIP config and tokenizer
+files (``clip_text/``); the weights themselves live in the run's checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+from vqd_jax import diffusion, text, transformer, vqvae
+from vqd_jax.transformer import fields as fields_lib
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+WORD_TOKENIZER_FILE = "tokenizer.json"
+CLIP_TEXT_DIR = "clip_text"
+# Files of a CLIP checkpoint folder that describe it (the weights are copied into checkpoints).
+_CLIP_DESCRIPTION = ("config.json", "vocab.json", "merges.txt", "tokenizer.json",
+                     "tokenizer_config.json", "special_tokens_map.json")
+# VQAutoencoder fields the run sets from elsewhere than config.model.
+_AUTOENCODER_DERIVED = {"codebook_ema": "config.loss.codebook_ema",
+                        "ema_decay": "config.loss.codebook_ema_decay",
+                        "usage_decay": "config.loss.usage_decay",
+                        "param_dtype": "the trainer (parameters stay float32)"}
+# Denoiser fields the run derives from the autoencoder, the process and the conditioner.
+_DENOISER_DERIVED = {"num_classes": "the autoencoder's codebook size",
+                     "height": "the image size over the autoencoder's downsampling",
+                     "width": "the image size over the autoencoder's downsampling",
+                     "num_embeds_ada_norm": "config.diffusion.num_timesteps",
+                     "cross_attention_dim": "the text encoder's width",
+                     "param_dtype": "the trainer (parameters stay float32)"}
+
+
+def compute_dtype(name: str) -> Any:
+  """``config.model.dtype`` -> a jnp dtype (parameters and optimizer state stay float32)."""
+  if name not in DTYPES:
+    raise ValueError(f"config.model.dtype must be one of {list(DTYPES)}, got {name!r}.")
+  return DTYPES[name]
+
+
+def autoencoder(config: ml_collections.ConfigDict) -> vqvae.VQAutoencoder:
+  """The autoencoder of a ``stage=vqvae`` config (``model`` + codebook options from ``loss``)."""
+  m, loss = config.model, config.loss
+  fields_lib.check_config_fields(m.keys(), vqvae.VQAutoencoder, derived=_AUTOENCODER_DERIVED)
+  kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+            for k, v in m.items() if k != "dtype"}
+  return vqvae.VQAutoencoder(**kwargs, codebook_ema=bool(loss.codebook_ema),
+                             ema_decay=float(loss.codebook_ema_decay),
+                             usage_decay=float(loss.usage_decay), dtype=compute_dtype(m.dtype))
+
+
+def process(config: ml_collections.ConfigDict, num_codes: int) -> diffusion.MaskAndReplace:
+  """The mask-and-replace process of a diffusion config over ``num_codes`` codes."""
+  d = config.diffusion
+  return diffusion.MaskAndReplace(num_classes=num_codes, num_timesteps=d.num_timesteps,
+                                  schedule=d.schedule)
+
+
+def denoiser(config: ml_collections.ConfigDict, num_codes: int, grid: tuple[int, int],
+             text_width: int) -> transformer.Text2ImageTransformer:
+  """The denoiser of a diffusion config for a ``grid`` of tokens and ``text_width`` states."""
+  fields_lib.check_config_fields(config.model.keys(), transformer.Text2ImageTransformer,
+                                 derived=_DENOISER_DERIVED)
+  model_fields = {k: v for k, v in config.model.items() if k != "dtype"}
+  return transformer.Text2ImageTransformer(
+      num_classes=num_codes, height=grid[0], width=grid[1],
+      num_embeds_ada_norm=config.diffusion.num_timesteps, cross_attention_dim=text_width,
+      dtype=compute_dtype(config.model.dtype), **model_fields)
+
+
+def conditioner(config: ml_collections.ConfigDict, workdir: str) -> text.Conditioner:
+  """The run's conditioner, from the text assets in ``workdir`` (see ``save_text_assets``)."""
+  tcfg, dtype = config.text, compute_dtype(config.model.dtype)
+  if tcfg.encoder == "word":
+    path = os.path.join(workdir, WORD_TOKENIZER_FILE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} is missing: a diffusion run keeps its word tokenizer there.")
+    tokenizer = text.WordTokenizer.load(path)
+    encoder = text.TextEncoder(vocab_size=tokenizer.vocab_size, max_length=tcfg.max_length,
+                               width=tcfg.width, num_layers=tcfg.num_layers,
+                               num_heads=tcfg.num_heads, dtype=dtype)
+    return text.Conditioner(tokenizer, encoder, source="word", trainable=True, use_mask=True)
+  if tcfg.encoder == "clip":
+    folder = os.path.join(workdir, CLIP_TEXT_DIR)
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+      clip_config = text.clip_config_from_hf(json.load(f))
+    if tcfg.max_length > clip_config.max_position_embeddings:
+      raise ValueError(f"config.text.max_length={tcfg.max_length} exceeds the CLIP encoder's "
+                       f"{clip_config.max_position_embeddings} positions.")
+    tokenizer = text.CLIPTokenizerWrapper.from_pretrained(folder, max_length=tcfg.max_length)
+    encoder = text.CLIPTextEncoder(clip_config, dtype=dtype)
+    return text.Conditioner(tokenizer, encoder, source="clip", trainable=False, use_mask=False)
+  raise ValueError(f"config.text.encoder must be one of {text.SOURCES}, got {tcfg.encoder!r}.")
+
+
+def save_clip_description(clip_path: str, workdir: str) -> None:
+  """Copies a CLIP checkpoint's config and tokenizer files (not its weights) into ``workdir``."""
+  from vqd_jax.interop.clip import resolve_component_dir  # pylint: disable=import-outside-toplevel
+  source = resolve_component_dir(clip_path, "text_encoder")
+  tokenizer_dir = source
+  if not os.path.exists(os.path.join(source, "vocab.json")):  # a pipeline root's tokenizer/
+    tokenizer_dir = os.path.join(os.path.dirname(source.rstrip("/")), "tokenizer")
+  target = os.path.join(workdir, CLIP_TEXT_DIR)
+  os.makedirs(target, exist_ok=True)
+  copied = []
+  for folder in dict.fromkeys((source, tokenizer_dir)):
+    for name in _CLIP_DESCRIPTION:
+      if os.path.exists(os.path.join(folder, name)) and name not in copied:
+        shutil.copyfile(os.path.join(folder, name), os.path.join(target, name + ".tmp"))
+        os.replace(os.path.join(target, name + ".tmp"), os.path.join(target, name))
+        copied.append(name)
+  if "config.json" not in copied or not ({"vocab.json", "tokenizer.json"} & set(copied)):
+    raise FileNotFoundError(f"config.text.clip_path={clip_path!r} needs config.json and the CLIP "
+                            "tokenizer files (vocab.json + merges.txt) in the same folder or in a "
+                            "pipeline root's text_encoder/ and tokenizer/ folders.")

@@ -1,0 +1,137 @@
+"""Loading trained runs for inference: parameters only, no optimizer, no training code.
+
+  vq = load_autoencoder("runs/quickstart/vqvae")        # a FrozenAutoencoder
+  run = load_diffusion_run("runs/quickstart/diffusion") # conditioner, generator, autoencoder, params
+
+A run's networks are rebuilt from the config saved in its checkpoint (``vqd_jax.build``); only the
+parameters (the EMA copy when the run kept one) are read from disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vqd_jax import build, diffusion, text
+from vqd_jax import checkpoint as ckpt_lib
+from vqd_jax.inference.autoencoder import FrozenAutoencoder
+from vqd_jax.inference.generate import TokenGenerator
+from vqd_jax.sharding import on_first_local_device
+
+
+def _open(workdir: str, stage: str, step: int | None, train_hint: str
+          ) -> tuple[ckpt_lib.Checkpointer, int, ml_collections.ConfigDict]:
+  """``(checkpointer, step, config)`` of a ``stage`` run; clear errors when there is none."""
+  ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    ckpt.close()
+    what = "autoencoder" if stage == "vqvae" else "denoiser"
+    raise FileNotFoundError(f"No {what} checkpoint in {os.path.abspath(workdir)}/checkpoints: "
+                            f"train the {what} first ({train_hint}).")
+  config = ml_collections.ConfigDict(ckpt.restore_config(step))
+  if config.get("stage") != stage:
+    ckpt.close()
+    raise ValueError(f"{workdir} holds a {config.get('stage')!r} run, not a {stage} run.")
+  return ckpt, step, config
+
+
+def _restore(ckpt: ckpt_lib.Checkpointer, step: int, config: ml_collections.ConfigDict,
+             boxed_params: Any, use_ema: bool) -> Any:
+  """The run's parameters (EMA when kept and wanted), restored onto this process's first device."""
+  field = "ema_params" if use_ema and config.train.ema_decay > 0 else "params"
+  restored = ckpt.restore_subtree(step, {field: on_first_local_device(boxed_params)})
+  ckpt.close()
+  return restored[field]
+
+
+def load_autoencoder(workdir: str) -> FrozenAutoencoder:
+  """The latest weights of a ``stage=vqvae`` run (EMA weights when the run kept them)."""
+  if not workdir:
+    raise ValueError("config.vqvae_workdir is empty: point it at the workdir of a trained "
+                     "autoencoder (python -m vqd_jax.train --config configs/vqvae.py ...).")
+  ckpt, step, config = _open(workdir, "vqvae", None,
+                             "python -m vqd_jax.train --config configs/vqvae.py:shapes "
+                             f"--workdir {workdir}")
+  model = build.autoencoder(config)
+  size = config.data.image_size
+  images = jnp.zeros((1, size, size, 3), jnp.float32)
+  boxed = jax.eval_shape(lambda k: model.init(k, images, train=True)["params"], jax.random.key(0))
+  return FrozenAutoencoder(model, _restore(ckpt, step, config, boxed, use_ema=True))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DiffusionRun:
+  """A trained diffusion run, ready to sample.
+
+  Attributes:
+    config: the run's config; workdir, step: where and which checkpoint.
+    conditioner: prompts -> conditioning; generator: conditioning -> tokens;
+    autoencoder: tokens -> images.
+    params: ``{"transformer", "text_encoder", "null_embedding"}`` (placed for the generator).
+  """
+  config: ml_collections.ConfigDict
+  workdir: str
+  step: int
+  conditioner: text.Conditioner
+  generator: TokenGenerator
+  autoencoder: FrozenAutoencoder
+  params: dict[str, Any]
+
+  def sampler_settings(self, **overrides: Any) -> diffusion.SamplerConfig:
+    """The run's ``config.sampling`` as a ``SamplerConfig``, with non-None ``overrides``."""
+    settings = dict(self.config.sampling.to_dict())
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return diffusion.SamplerConfig(**settings)
+
+
+def run_networks(config: ml_collections.ConfigDict, workdir: str, autoencoder: FrozenAutoencoder
+                 ) -> tuple[text.Conditioner, TokenGenerator]:
+  """The conditioner and token generator a diffusion config describes (no weights)."""
+  conditioner = build.conditioner(config, workdir)
+  grid = autoencoder.token_grid(config.data.image_size)
+  denoiser = build.denoiser(config, autoencoder.num_codes, grid, conditioner.width)
+  return conditioner, TokenGenerator.for_host(denoiser, build.process(config, autoencoder.num_codes))
+
+
+def abstract_params(conditioner: text.Conditioner, denoiser: nn.Module) -> Any:
+  """The (boxed) parameter shapes of a diffusion run, nothing allocated."""
+  length = conditioner.length
+
+  def init(key):
+    ids, mask = jnp.zeros((1, length), jnp.int32), jnp.ones((1, length), bool)
+    pretrained = None
+    if conditioner.source == "clip":
+      pretrained = conditioner.encoder.init(key, ids)["params"]
+    params = conditioner.init(key, key, ids, mask, pretrained=pretrained)
+    x = jnp.zeros((1, denoiser.num_tokens), jnp.int32)
+    states = jnp.zeros((1, length, conditioner.width), jnp.float32)
+    pooled = (jnp.zeros((1, denoiser.global_cond_dim), jnp.float32)
+              if denoiser.global_cond_dim else None)
+    params["transformer"] = denoiser.init(key, x, jnp.zeros((1,), jnp.int32), states, mask,
+                                          global_cond=pooled)["params"]
+    return params
+
+  return jax.eval_shape(init, jax.random.key(0))
+
+
+def load_diffusion_run(workdir: str, step: int | None = None, use_ema: bool = True
+                       ) -> DiffusionRun:
+  """A trained ``stage=diffusion`` run: its networks, weights and frozen autoencoder."""
+  ckpt, step, config = _open(workdir, "diffusion", step,
+                             "python -m vqd_jax.train --config configs/diffusion.py:shapes "
+                             f"--workdir {workdir} --config.vqvae_workdir=...; or sample a "
+                             "diffusers checkpoint with --pretrained")
+  autoencoder = load_autoencoder(config.vqvae_workdir)
+  conditioner, generator = run_networks(config, workdir, autoencoder)
+  params = _restore(ckpt, step, config, abstract_params(conditioner, generator.denoiser), use_ema)
+  return DiffusionRun(config=config, workdir=workdir, step=step, conditioner=conditioner,
+                      generator=generator, autoencoder=autoencoder,
+                      params=generator.place(params))
+

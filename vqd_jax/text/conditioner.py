@@ -1,0 +1,168 @@
+"""The one interface between prompts and the denoiser: tokenizer, encoder, null, caption dropout.
+
+  ids, mask = conditioner.tokenize(prompts)        # host: int32 [B, L], bool [B, L]
+  cond = conditioner.encode(params, ids, mask)     # Conditioning(states [B, L, D], mask, pooled)
+  null = conditioner.null(params, batch_size)      # the unconditional branch of guidance
+  cond = conditioner.drop(key, cond, null, rate)   # caption dropout while training
+
+Training, the pipeline and the sample command all go through it, so an encoder is a choice made
+once, in the config: ``word`` (a small ``TextEncoder`` trained with the denoiser) or ``clip`` (a
+pretrained CLIP text transformer, frozen; VQ-Diffusion's states are L2-normalised per token and
+computed without a padding mask). ``params`` is the run's parameter dict; the conditioner reads
+``params["text_encoder"]`` and, when present, the learned null ``params["null_embedding"]``
+(``[L, D]``, diffusers' ``LearnedClassifierFreeSamplingEmbeddings``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vqd_jax.text.conditioning import drop_captions
+
+SOURCES = ("word", "clip")
+
+
+@flax.struct.dataclass
+class Conditioning:
+  """What the denoiser is conditioned on, row-aligned with the images.
+
+  Attributes:
+    states: ``[B, L, D]`` cross-attention states.
+    mask: ``[B, L]`` bool (True = real token), or None to attend to every position.
+    pooled: ``[B, P]`` global embedding for the denoiser's ``global_cond``, or None.
+  """
+  states: jax.Array
+  mask: jax.Array | None = None
+  pooled: jax.Array | None = None
+
+  @property
+  def batch_size(self) -> int:
+    return self.states.shape[0]
+
+
+def stack_rows(first: Conditioning, second: Conditioning) -> Conditioning:
+  """Rows of ``first`` then ``second`` (``[2B, ...]``): guidance's ``[null, prompts]`` batch."""
+  def cat(a, b, fill):
+    if a is None and b is None:
+      return None
+    a = fill(first) if a is None else a
+    b = fill(second) if b is None else b
+    return jnp.concatenate([a.astype(b.dtype), b])
+  all_real = lambda c: jnp.ones(c.states.shape[:2], bool)
+  return Conditioning(states=cat(first.states, second.states, None),
+                      mask=cat(first.mask, second.mask, all_real),
+                      pooled=None if first.pooled is None else cat(first.pooled, second.pooled, None))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Conditioner:
+  """Tokenizer + text encoder + null embedding + caption dropout (see the module docstring).
+
+  Attributes:
+    tokenizer: callable ``list[str] -> (ids [B, L], mask [B, L])`` (``WordTokenizer``,
+      ``CLIPTokenizerWrapper``).
+    encoder: ``TextEncoder`` (source ``word``) or ``CLIPTextEncoder`` (source ``clip``).
+    source: ``word`` or ``clip``.
+    trainable: whether training updates the encoder (False: gradients stop at its output).
+    use_mask: pass the padding mask to the encoder and the denoiser (VQ-Diffusion's CLIP: False).
+  """
+  tokenizer: Any
+  encoder: nn.Module
+  source: str = "word"
+  trainable: bool = True
+  use_mask: bool = True
+
+  def __post_init__(self):
+    if self.source not in SOURCES:
+      raise ValueError(f"Unknown text source {self.source!r}; choose one of {SOURCES}.")
+
+  # -- sizes ----------------------------------------------------------------------------------------
+
+  @property
+  def width(self) -> int:
+    """D, the width of the states (the denoiser's ``cross_attention_dim``)."""
+    return self.encoder.config.hidden_size if self.source == "clip" else self.encoder.width
+
+  @property
+  def length(self) -> int:
+    """L, the number of token positions."""
+    return int(self.tokenizer.max_length)
+
+  @property
+  def null_init_stddev(self) -> float:
+    # The learned null starts at the scale of real states: LayerNorm-ed (1) or unit-norm tokens.
+    return self.width ** -0.5 if self.source == "clip" else 1.0
+
+  # -- host side ------------------------------------------------------------------------------------
+
+  def tokenize(self, prompts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids [B, L] int32, mask [B, L] bool)``."""
+    ids, mask = self.tokenizer([prompts] if isinstance(prompts, str) else list(prompts))
+    return np.asarray(ids, np.int32), np.asarray(mask, bool)
+
+  @functools.cached_property
+  def _empty_prompt(self) -> tuple[np.ndarray, np.ndarray]:
+    return self.tokenize([""])
+
+  # -- jittable -------------------------------------------------------------------------------------
+
+  def encode(self, params: dict[str, Any], ids: jax.Array, mask: jax.Array) -> Conditioning:
+    """Token ids and mask ``[B, L]`` -> :class:`Conditioning`."""
+    variables = {"params": params["text_encoder"]}
+    if self.source == "clip":
+      states = self.encoder.apply(variables, ids, mask if self.use_mask else None, normalize=True)
+    else:
+      states = self.encoder.apply(variables, ids, mask if self.use_mask else None)
+    if not self.trainable:
+      states = jax.lax.stop_gradient(states)
+    return Conditioning(states=states, mask=mask if self.use_mask else None)
+
+  def null(self, params: dict[str, Any], batch_size: int) -> Conditioning:
+    """The unconditional rows: the learned null embedding, else the encoded empty prompt."""
+    if "null_embedding" in params:
+      null = params["null_embedding"]
+      states = jnp.broadcast_to(null, (batch_size,) + null.shape)
+      return Conditioning(states=states,
+                          mask=jnp.ones((batch_size, null.shape[0]), bool) if self.use_mask else None)
+    if self.source != "clip":
+      raise ValueError("Classifier-free guidance needs a learned null embedding, and these "
+                       "parameters have none; sample with guidance_scale=1.")
+    ids, mask = (jnp.asarray(np.repeat(x, batch_size, axis=0)) for x in self._empty_prompt)
+    return self.encode(params, ids, mask)
+
+  def drop(self, key: jax.Array, cond: Conditioning, null: Conditioning, rate: float
+           ) -> Conditioning:
+    """Replaces each row's conditioning by ``null`` with probability ``rate`` (training)."""
+    states, mask = drop_captions(key, cond.states, cond.mask, null.states, rate)
+    return cond.replace(states=states, mask=mask)
+
+  # -- parameters -----------------------------------------------------------------------------------
+
+  def init(self, key_encoder: jax.Array, key_null: jax.Array, ids: jax.Array, mask: jax.Array,
+           pretrained: Any = None) -> dict[str, Any]:
+    """``{"text_encoder", "null_embedding"}``: a fresh encoder (or ``pretrained``) and null."""
+    if pretrained is None:
+      if self.source == "clip":
+        raise ValueError("A CLIP text source starts from pretrained weights: pass them "
+                         "(vqd_jax.interop.clip.load_clip_text_encoder).")
+      encoder = self.encoder.init(key_encoder, ids, mask if self.use_mask else None)["params"]
+    else:
+      encoder = pretrained
+    null = nn.with_logical_partitioning(nn.initializers.normal(self.null_init_stddev),
+                                        ("length", "text_embed"))(key_null, (self.length, self.width))
+    return {"text_encoder": encoder, "null_embedding": null}
+
+  def trainable_labels(self, params: dict[str, Any]) -> dict[str, Any]:
+    """The same tree as ``params`` with ``"train"`` or ``"freeze"`` per leaf (for optax)."""
+    encoder_label = "train" if self.trainable else "freeze"
+    return {k: jax.tree.map(lambda _, lab=(encoder_label if k == "text_encoder" else "train"): lab, v)
+            for k, v in params.items()}
