@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import sys
@@ -69,7 +70,9 @@ def compiled_step(task, mesh, rules) -> tuple[Any, Any, Any, Any, Any]:
 
   batch, key, abstract, shardings = abstract_state(task, mesh, rules)
   repl = sharding_lib.replicated(mesh)
-  step = jax.jit(task.train_step, donate_argnums=(0,),
+  from vqd_jax.training.loop import keyed_train_step  # pylint: disable=import-outside-toplevel
+  # The training loop's own step: the key is folded with the step number inside the program.
+  step = jax.jit(functools.partial(keyed_train_step, task), donate_argnums=(0,),
                  in_shardings=(shardings, sharding_lib.batch_sharding(mesh), repl),
                  out_shardings=(shardings, repl))
   return step, batch, key, abstract, shardings

@@ -96,14 +96,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     state, metrics = compiled(state, batch, key)
     jax.block_until_ready(metrics)
     t = time.perf_counter()
-    for i in range(args.steps):
-      state, metrics = compiled(state, batch, jax.random.fold_in(key, i))
+    for _ in range(args.steps):
+      state, metrics = compiled(state, batch, key)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - t) / args.steps
   peak, peak_source = device_peak()
   n_dev = jax.device_count()
   batch_size = int(config.train.batch_size)
-  tokens = batch_size * getattr(task, "num_tokens", 1)
+  tokens = batch_size * task.num_tokens
   result = {
       "config": args.config, "devices": n_dev, "batch_size": batch_size,
       "steps_per_s": 1 / seconds, "tokens_per_s": tokens / seconds,

@@ -48,7 +48,8 @@ class SamplerConfig:
     truncation_rate: r, keep the top-r probability mass of p̂(x0) (1 = off; papers use 0.86).
     guidance_scale: classifier-free guidance s (1 = off; ITHQ uses 5).
     purity_weight: None for the posterior sampler; a float w selects the purity-prior sampler of
-      Improved VQ-Diffusion (w = 0: purity-ordered reveals, values from p̂; README uses w = 1).
+      Improved VQ-Diffusion (w = 0: purity-ordered reveals, values from p̂; the released
+      Improved VQ-Diffusion code uses w = 1).
     start_t: time of the first call; None = T - 1.
     start_from: for regenerated positions of ``init_tokens``: "mask" (inpainting) or "noise"
       (editing: q_sample at ``start_t``).

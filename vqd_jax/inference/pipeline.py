@@ -287,7 +287,7 @@ class VQDiffusionPipeline:
       truncation_rate: keep the top-r probability mass of p̂(x0) per step (1 = off).
       seed: PRNG seed (or a ``jax.random`` key); same seed, same images.
       purity_weight: None for the posterior sampler; a weight w selects the purity-prior sampler
-        of Improved VQ-Diffusion (its README uses w = 1 with truncation 0.86).
+        of Improved VQ-Diffusion (its released code uses w = 1 with truncation 0.86).
       init_image: uint8 ``[H, W, 3]`` or ``[B, H, W, 3]`` at the model's resolution, for
         inpainting (with ``inpaint_mask``) or editing (with ``start_t``).
       inpaint_mask: ``[H, W]`` pixels (True / > 0.5 = regenerate; any token whose patch touches

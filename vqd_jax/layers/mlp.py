@@ -102,9 +102,16 @@ def depthwise_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   (cross-correlation, like ``nn.Conv``).
   """
   height, width = x.shape[1], x.shape[2]
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return sum(padded[:, dy:dy + height, dx:dx + width, :] * kernel[dy, dx]
-             for dy in range(3) for dx in range(3))
+  out = 0
+  for dy in range(3):
+    for dx in range(3):
+      oy, ox = dy - 1, dx - 1
+      # Slice x, then pad the product where the neighbour is missing: padding x once and slicing
+      # it makes XLA's CPU gradient of the Mix-FFN 2.4x slower.
+      term = x[:, max(oy, 0):height + min(oy, 0), max(ox, 0):width + min(ox, 0)] * kernel[dy, dx]
+      out = out + jnp.pad(term, ((0, 0), (max(-oy, 0), max(oy, 0)), (max(-ox, 0), max(ox, 0)),
+                                 (0, 0)))
+  return out
 
 
 class MixFeedForward(GridFeedForward):

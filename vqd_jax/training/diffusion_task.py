@@ -76,6 +76,11 @@ class DiffusionTask:
     self.tx = tx
     self._sample_program = None  # (generator, jitted program), built by the first preview
 
+  @property
+  def num_tokens(self) -> int:
+    """Image tokens per example (N)."""
+    return self.denoiser.num_tokens
+
   # -- data ---------------------------------------------------------------------------------------
 
   def tokenize_one(self, caption: str) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ waits on the device step by step.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -49,6 +50,12 @@ def _preview_copy(state: Any) -> Any:
   if jax.process_index() != 0:
     return None
   return state.replace(opt_state=None, **jax.device_put(weights, jax.local_devices()[0]))
+
+
+def keyed_train_step(task, state, batch, key):
+  """``task.train_step`` with the step's key folded from ``key`` and ``state.step`` inside the
+  program: an eager ``fold_in`` on the host would wait for the previous step every step."""
+  return task.train_step(state, batch, jax.random.fold_in(key, state.step))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -104,7 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       log.info("Resumed %s from step %d in %s.", config.stage, start, workdir)
 
     repl = sharding_lib.replicated(mesh)
-    step_fn = jax.jit(task.train_step, donate_argnums=(0,),
+    step_fn = jax.jit(functools.partial(keyed_train_step, task), donate_argnums=(0,),
                       in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh), repl),
                       out_shardings=(state_shardings, repl))
 
@@ -116,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     step = start
     while step < num_steps:
       batch = sharding_lib.global_batch(next(iterator), mesh)
-      state, metrics = step_fn(state, batch, jax.random.fold_in(train_key, step))
+      state, metrics = step_fn(state, batch, train_key)
       step += 1
       buffer.add(metrics)
       bar.update(1)

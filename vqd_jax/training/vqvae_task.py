@@ -68,7 +68,7 @@ class VQVAETask:
     self._preview_images = None
     self._reconstruct_jit = jax.jit(self.reconstruct)
 
-  # -- shape facts used by the diffusion stage ----------------------------------------------------
+  # -- shape facts --------------------------------------------------------------------------------
 
   @property
   def num_codes(self) -> int:
@@ -77,6 +77,11 @@ class VQVAETask:
   @property
   def downsample_factor(self) -> int:
     return self.model.downsample_factor
+
+  @property
+  def num_tokens(self) -> int:
+    """Codes per image (what ``bench train`` counts as tokens)."""
+    return (self.config.data.image_size // self.downsample_factor) ** 2
 
   def make_train_iterator(self, process_index: int, process_count: int):
     return data_config.make_iterator(self.config.data, self.config.train.batch_size,
