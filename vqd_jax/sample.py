@@ -155,8 +155,7 @@ def load_pipeline(args):
     mask = _read_image(args.mask, pipe.image_size, "L") if args.mask else None
   try:
     settings = settings_lib.settings_for_call(
-        pipe.num_timesteps, pick["num_steps"], pick["guidance_scale"],
-        1.0 if pick["truncation_rate"] is None else pick["truncation_rate"],
+        pipe.num_timesteps, pick["num_steps"], pick["guidance_scale"], pick["truncation_rate"],
         pick["purity_weight"], args.start_t, has_init_image=init is not None,
         has_mask=args.mask is not None)
   except ValueError as e:

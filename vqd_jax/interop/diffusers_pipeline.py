@@ -35,6 +35,8 @@ from vqd_jax.interop.clip import load_clip_text_encoder
 from vqd_jax.interop.null_embedding import NULL_EMBEDDING_COMPONENT, load_learned_null_embedding
 from vqd_jax.interop.transformer import load_diffusers_transformer
 from vqd_jax.interop.vqvae import load_diffusers_vqvae
+from vqd_jax.text.encoder import TextEncoder
+from vqd_jax.transformer.fields import architecture_defaults, architecture_fields
 
 MODEL_INDEX = "model_index.json"
 SCHEDULER_CONFIG = "scheduler_config.json"
@@ -42,9 +44,8 @@ CLIP_TEXT_COMPONENTS = ("text_encoder", "tokenizer")
 VQD_TEXT_COMPONENTS = ("vqd_jax_text_encoder", "vqd_jax_tokenizer")
 WORD_TOKENIZER_FILE = "tokenizer.json"
 VQD_TEXT_WEIGHTS = "model.safetensors"
-TEXT_ENCODER_FIELDS = ("vocab_size", "max_length", "width", "num_layers", "num_heads", "mlp_ratio")
-# Written on export; absent from exports made before they existed, which had their default.
-OPTIONAL_TEXT_ENCODER_FIELDS: dict[str, Any] = {}
+# The exported TextEncoder's config: its architecture fields, read off the dataclass.
+TEXT_ENCODER_FIELDS = architecture_fields(TextEncoder)
 
 # diffusers VQDiffusionScheduler endpoints of Ā and C̄ for each vqd_jax schedule name.
 _RELEASED_ENDPOINTS = dict(alpha_cum_start=0.99999, alpha_cum_end=0.000009,
@@ -149,18 +150,17 @@ def scheduler_config(process: diffusion.MaskAndReplace) -> dict[str, Any]:
 
 def load_vqd_text_encoder(directory: str, dtype: Any = jnp.float32):
   """``(TextEncoder, params)`` from an exported ``vqd_jax_text_encoder/`` folder."""
-  from vqd_jax import text as text_lib  # pylint: disable=import-outside-toplevel
   with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
     config = json.load(f)
-  missing = [k for k in TEXT_ENCODER_FIELDS if k not in config]
+  defaults = architecture_defaults(TextEncoder)
+  missing = [k for k in TEXT_ENCODER_FIELDS if k not in config and k not in defaults]
   if missing:
     raise ValueError(f"{directory}/config.json lacks the TextEncoder fields {missing}.")
   if config.get("causal"):
     raise ValueError(f"{directory}/config.json describes a causal text encoder; vqd_jax's "
                      "TextEncoder attends in both directions.")
-  fields = {k: config[k] for k in TEXT_ENCODER_FIELDS}
-  fields.update({k: config.get(k, default) for k, default in OPTIONAL_TEXT_ENCODER_FIELDS.items()})
-  module = text_lib.TextEncoder(**fields, dtype=dtype)
+  module = TextEncoder(**{k: config.get(k, defaults.get(k)) for k in TEXT_ENCODER_FIELDS},
+                       dtype=dtype)
   ids = jax.ShapeDtypeStruct((1, module.max_length), jnp.int32)
   shapes = jax.eval_shape(lambda i: nn.meta.unbox(module.init(jax.random.key(0), i)["params"]), ids)
   template = jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), shapes)

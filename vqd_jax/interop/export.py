@@ -167,8 +167,7 @@ def export_pipeline(out_dir: str | os.PathLike, *, transformer_fields: dict[str,
                       dict(_class_name="LearnedClassifierFreeSamplingEmbeddings",
                            _diffusers_version=version, learnable=False), {})
   elif text_kind == "vqd_jax":
-    config = {name: getattr(text_encoder, name) for name in
-              (*layout.TEXT_ENCODER_FIELDS, *layout.OPTIONAL_TEXT_ENCODER_FIELDS)}
+    config = {name: getattr(text_encoder, name) for name in layout.TEXT_ENCODER_FIELDS}
     write_component(os.path.join(out, layout.VQD_TEXT_COMPONENTS[0]),
                     dict(_class_name="vqd_jax.text.TextEncoder", **config),
                     sd.params_to_state_dict(nn.meta.unbox(text_params)), layout.VQD_TEXT_WEIGHTS)
