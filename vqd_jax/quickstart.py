@@ -1,6 +1,6 @@
 """From nothing to pictures: trains both stages on the shapes data, samples, and scores the samples.
 
-  python -m vqd_jax.quickstart --workdir runs/quickstart          # ~11 min on a 2-core CPU
+  python -m vqd_jax.quickstart --workdir runs/quickstart          # ~12 min on a 2-core CPU
   python -m vqd_jax.quickstart --workdir runs/long --long         # ~60 min, the longer preset
 
 Stages (each resumes if its workdir already holds a finished or interrupted run):
