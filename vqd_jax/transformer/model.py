@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from vqd_jax.layers import (ACTIVATION_AXES, AdaLayerNorm, Attention, ConvFeedForward, FeedForward,
-                            MixFeedForward, dense, layer_norm)
+                            MixFeedForward, dense, gradient_fence, layer_norm)
 from vqd_jax.transformer import patches
 from vqd_jax.transformer.embedding import LatentImageEmbedding
 from vqd_jax.transformer.relative_position import RelativePositionBias
@@ -181,6 +181,7 @@ class Text2ImageTransformer(nn.Module):
                     self.dropout, self.mlp_type, grid, self.relative_position_bias,
                     name=f"transformer_blocks_{i}", **kw)(
                         h, t, text_states, text_mask, cross_attention_bias, deterministic, cond)
+      h = gradient_fence(h)
     h = layer_norm(name="norm_out", **kw)(h)
     logits = dense(self.num_classes * p * p, ("embed", "vocab"), name="out", **kw)(h)
     # [B, M, p²·K] -> [B, N, K] in raster order (a plain reshape when p = 1).
