@@ -4,6 +4,9 @@ Presets (``--config configs/diffusion.py:<preset>``):
   tiny         unit tests and CPU smoke runs (seconds)
   shapes       the quickstart: procedural shapes, 32x32 images -> 8x8 tokens (minutes on a CPU)
   shapes_long  the same layout trained 30,000 steps (``python -m vqd_jax.quickstart --long``)
+  tiny_experts, shapes_experts
+               tiny / shapes split into 3 eDiff-I expert denoisers by noise level, fine-tuned
+               from a trained run: ``--config.init_from=BASE_WORKDIR``
   S, B, ithq   the VQ-Diffusion sizes of ``vqd_jax.transformer.presets`` for 256x256 images ->
                32x32 tokens. They have no data: set ``--config.data.source`` (tfds, folder,
                class_folder or tokens; training names the fields each needs).
@@ -80,6 +83,16 @@ def _base() -> ml_collections.ConfigDict:
   c.sampling = ml_collections.ConfigDict(dict(
       num_steps=50, guidance_scale=2.0, truncation_rate=0.9, purity_weight=None))
 
+  # eDiff-I expert denoisers (num = 0: one denoiser). num experts own contiguous intervals of t:
+  # explicit boundaries (num - 1 first timesteps of experts 1..num-1), or when empty, eDiff-I's
+  # tree over uniform t (num = 3): the high-noise leaf the top 2^-(high_depth+1) of the steps,
+  # the low-noise leaf the bottom 2^-(low_depth+1), one expert between (vqd_jax.diffusion.experts).
+  # Fine-tuned from a trained single-denoiser run: init_from (each expert draws t only from its
+  # own interval; the batch is split evenly between them).
+  c.experts = ml_collections.ConfigDict(dict(num=0, boundaries=[], high_depth=1, low_depth=1))
+  # A trained diffusion run directory whose latest weights (and EMA, loss history) start this run.
+  c.init_from = ""
+
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Logical axis -> mesh axis table; None uses vqd_jax.sharding.DEFAULT_RULES.
   c.sharding_rules = None
@@ -125,6 +138,20 @@ def get_config(preset: str = "shapes") -> ml_collections.ConfigDict:
     c.train.update(num_steps=500_000, batch_size=32 if preset == "S" else 64, log_every=100,
                    ckpt_every=5000, sample_every=10_000, ema_decay=0.99)
     c.sampling.update(num_steps=100, guidance_scale=5.0 if preset == "ithq" else 3.0)
+  elif preset in ("tiny_experts", "shapes_experts"):
+    c = get_config(preset.split("_")[0])
+    # Uniform-t tree, depth 1 on each side: t 0..24, 25..74, 75..99. Uniform rather than the
+    # base's importance weights so the split is known from the config alone, and a 50-step
+    # sampler gives the extremes 12-13 steps each.
+    c.experts.update(num=3, high_depth=1, low_depth=1)
+    c.diffusion.layout_warmup_steps = 0  # the base learned the layout; the high expert keeps it
+    if preset == "shapes_experts":
+      # Fine-tuning: a short warm-up and a third of the base's steps, batch split 3 ways.
+      c.train.update(num_steps=1500, batch_size=48)
+      c.optim.update(lr=3e-4, warmup_steps=50)
+    else:
+      c.train.batch_size = 6
   else:
-    raise ValueError(f"Unknown preset {preset!r}: use tiny, shapes, shapes_long, S, B or ithq.")
+    raise ValueError(f"Unknown preset {preset!r}: use tiny, shapes, shapes_long, S, B, ithq, "
+                     "tiny_experts or shapes_experts.")
   return c

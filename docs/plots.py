@@ -62,6 +62,12 @@ TRUNCATION = [
          points=[(0.9, 0.774), (0.7, 0.804), (0.5, 0.778)]),
 ]
 
+# The quickstart run (5,000 steps): 150 pairs of one-object prompts, the first fraction f of the 50
+# sampling steps on prompt A, the rest on B -> (f, follows A, follows B); and per t the share of
+# each block's residual update that comes from cross-attention (experiments.md, "2026-12-05: when
+# does the text decide the image?").
+PROMPT_SWITCH = [(0.0, 0.0, 0.72), (0.1, 0.0, 0.747), (0.2, 0.0, 0.76), (0.3, 0.0, 0.713), (0.5, 0.0, 0.6), (0.7, 0.013, 0.307), (1.0, 0.7, 0.0)]
+CROSS_ATTENTION_SHARE = {0: [0.138, 0.246, 0.379, 0.345], 10: [0.158, 0.262, 0.385, 0.344], 20: [0.173, 0.276, 0.384, 0.349], 30: [0.189, 0.285, 0.389, 0.353], 40: [0.208, 0.294, 0.392, 0.367], 50: [0.222, 0.307, 0.387, 0.375], 60: [0.24, 0.319, 0.388, 0.389], 70: [0.265, 0.335, 0.394, 0.411], 80: [0.284, 0.351, 0.393, 0.424], 90: [0.324, 0.368, 0.402, 0.408], 99: [0.332, 0.376, 0.389, 0.386]}
 
 SEED_MARKERS = {0: "o", 1: "s", 2: "^"}
 
@@ -130,10 +136,37 @@ def truncation(path: str) -> None:
   plt.close(fig)
 
 
+def prompt_switch(path: str) -> None:
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+  f, follows_a, follows_b = zip(*PROMPT_SWITCH)
+  axes[0].plot(f, follows_a, "-o", color="tab:blue", label="image follows A (the early prompt)")
+  axes[0].plot(f, follows_b, "-o", color="tab:orange", label="image follows B (the late prompt)")
+  axes[0].set_xlabel("fraction of the sampling steps conditioned on A (the first ones)")
+  axes[0].set_ylabel("fraction of 150 images")
+  axes[0].set_ylim(0, 1)
+  axes[0].grid(alpha=0.3)
+  axes[0].legend(fontsize=8.5)
+  axes[0].set_title("Switching the prompt during sampling")
+  ts = sorted(CROSS_ATTENTION_SHARE)
+  for block in range(len(CROSS_ATTENTION_SHARE[ts[0]])):
+    axes[1].plot(ts, [CROSS_ATTENTION_SHARE[t][block] for t in ts], "-o", markersize=4,
+                 label=f"block {block}")
+  axes[1].set_xlabel("timestep t (99 = all tokens masked)")
+  axes[1].set_ylabel("cross-attention share of the residual update")
+  axes[1].set_ylim(0, 0.5)
+  axes[1].grid(alpha=0.3)
+  axes[1].legend(fontsize=8.5)
+  axes[1].set_title("How much each block listens to the text")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
 def main() -> None:
   score_vs_minutes(os.path.join(HERE, "score_vs_minutes.png"))
   warmup_seeds(os.path.join(HERE, "layout_warmup_seeds.png"))
   truncation(os.path.join(HERE, "truncation.png"))
+  prompt_switch(os.path.join(HERE, "prompt_switch.png"))
 
 
 if __name__ == "__main__":

@@ -35,3 +35,14 @@ def tiny_vq_dir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tiny_vq") / "run")
   vqvae_task.save_untrained(workdir, configs_io.load_config("configs/vqvae.py:tiny"))
   return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_vq_dir, tmp_path_factory):
+  """Run directory of a ``configs/diffusion.py:tiny`` denoiser trained 4 steps (sampling tests)."""
+  from vqd_jax import configs_io  # pylint: disable=import-outside-toplevel
+  from vqd_jax.training import loop  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path_factory.mktemp("tiny_run") / "dm")
+  config = configs_io.load_config("configs/diffusion.py:tiny", [f"vqvae_workdir={tiny_vq_dir}"])
+  loop.train_and_evaluate(config, workdir)
+  return workdir

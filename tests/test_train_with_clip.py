@@ -95,3 +95,15 @@ def test_the_sample_command_samples_the_clip_run(clip_run, tmp_path):
   assert [r["prompt"] for r in records] == ["a red cat"] * 2 + ["a dog"] * 2
   assert all(r["checkpoint_step"] == 4 and r["num_steps"] == 4 for r in records)
   assert os.path.exists(os.path.join(out, "grid.png"))
+
+
+def test_the_sample_command_paints_with_clip_tokens(clip_run, tmp_path):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  mask = tmp_path / "top.png"
+  Image.fromarray(np.repeat(np.array([[255], [0]], np.uint8), 8, 0).repeat(16, 1)).save(mask)
+  out = str(tmp_path / "painted")
+  args = ["--workdir", clip_run, "--prompt", "a red zebra", "--num-samples", "1", "--steps", "2",
+          "--out", out]
+  assert sample.main(args + ["--paint", f"red zebra={mask}"]) == 0  # BPE: red</w> z e b r a</w>
+  with pytest.raises(SystemExit, match=r"'dog'.*tokens are \['<\|startoftext\|>', 'a</w>'"):
+    sample.main(args + ["--paint", f"dog={mask}"])

@@ -63,6 +63,25 @@ def process(config: ml_collections.ConfigDict, num_codes: int) -> diffusion.Mask
                                   schedule=d.schedule)
 
 
+def expert_intervals(config: ml_collections.ConfigDict) -> diffusion.ExpertIntervals | None:
+  """The intervals of a run's expert denoisers (``config.experts``), or None for one denoiser."""
+  e, t_count = config.get("experts"), config.diffusion.num_timesteps
+  if e is None or not e.num:
+    return None
+  num, bounds = int(e.num), tuple(int(b) for b in e.boundaries)
+  if num < 2:
+    raise ValueError(f"config.experts.num must be 0 (one denoiser) or >= 2, got {num}.")
+  if bounds:
+    if len(bounds) != num - 1:
+      raise ValueError(f"config.experts.boundaries has {len(bounds)} entries; {num} experts need "
+                       f"{num - 1} (the first timestep of experts 1..{num - 1}).")
+    return diffusion.ExpertIntervals(bounds, t_count)
+  if num != 3:
+    raise ValueError(f"config.experts.num={num} without boundaries: the tree split makes 3 "
+                     "experts; set --config.experts.boundaries=[...] for another number.")
+  return diffusion.ExpertIntervals.tree([1.0] * t_count, e.high_depth, e.low_depth)
+
+
 def denoiser(config: ml_collections.ConfigDict, num_codes: int, grid: tuple[int, int],
              text_width: int) -> transformer.Text2ImageTransformer:
   """The denoiser of a diffusion config for a ``grid`` of tokens and ``text_width`` states."""

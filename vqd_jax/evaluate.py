@@ -1,6 +1,8 @@
 """Evaluates generated samples.
 
   python -m vqd_jax.evaluate shapes --samples runs/quickstart/samples
+  python -m vqd_jax.evaluate paint --workdir runs/quickstart/diffusion --out runs/paint
+  python -m vqd_jax.evaluate prompt-switch --workdir runs/quickstart/diffusion --out runs/switch
 
 ``shapes`` reads SAMPLES/samples.jsonl (one JSON object per line with "file", relative to SAMPLES,
 and "prompt"; ``python -m vqd_jax.sample`` writes it), checks every image against its prompt
@@ -32,6 +34,32 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Where to write the JSON report (default: DIR/shapes_score.json).")
   shapes.add_argument("--show-failures", type=int, default=5, metavar="N",
                       help="Print the first N failing samples with the reason (default 5).")
+  paint = sub.add_parser(
+      "paint", help="Measure paint-with-words on a shapes run.",
+      description="Samples held-out shapes prompts unpainted and painted (one quadrant per object, "
+                  "on the sides the relation names) with the same seeds; prints, per weight, how "
+                  "often the objects land in their boxes and the shapes score, with standard "
+                  "errors; writes OUT/paint_report.json and OUT/paint_grid.png.")
+  paint.add_argument("--workdir", required=True, help="Workdir of a trained shapes diffusion run.")
+  paint.add_argument("--out", required=True, help="Folder for the report and the grid.")
+  paint.add_argument("--weights", default="0.5", metavar="W[,W...]",
+                     help="Paint weights to measure, comma-separated (0, unpainted, is always "
+                          "measured; default 0.5).")
+  paint.add_argument("--num-prompts", type=int, default=200,
+                     help="Held-out prompts, each sampled once per weight (default 200).")
+  paint.add_argument("--batch-size", type=int, default=50, help="Images per sampling call.")
+  paint.add_argument("--seed", type=int, default=0, help="Seed of the boxes and the samples.")
+  switch = sub.add_parser(
+      "prompt-switch", help="When does the text decide the image? (shapes runs)",
+      description="Samples pairs of one-object prompts with prompt A for the first fraction f of "
+                  "the steps and prompt B for the rest (f = 0 ... 1); prints how often the image "
+                  "follows A, B or neither, and per t the share of each block's residual update "
+                  "that comes from cross-attention; writes OUT/prompt_switch.json.")
+  switch.add_argument("--workdir", required=True, help="Workdir of a trained shapes diffusion run.")
+  switch.add_argument("--out", required=True, help="Folder for the report.")
+  switch.add_argument("--num-pairs", type=int, default=100,
+                      help="Prompt pairs, each sampled once per fraction (default 100).")
+  switch.add_argument("--seed", type=int, default=0, help="Sampling seed.")
   return p
 
 
@@ -72,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   if args.metric == "shapes":
     return run_shapes(args)
+  if args.metric == "prompt-switch":
+    from vqd_jax.evaluation import prompt_switch  # pylint: disable=import-outside-toplevel
+    return prompt_switch.run(args)
+  if args.metric == "paint":
+    from vqd_jax.evaluation import paint_run  # pylint: disable=import-outside-toplevel
+    return paint_run.run(args)
   raise SystemExit(f"Unknown metric {args.metric!r}.")
 
 

@@ -45,13 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def heldout_prompts(num: int, image_size: int) -> list[str]:
-  """Captions of shapes examples from a seed the training data never use."""
-  from vqd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  source = data_lib.ShapesSource(resolution=image_size, seed=987_654_321, length=num)
-  return [source[i]["caption"] for i in range(num)]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
   args, overrides = configs_io.parse_args_with_overrides(parser, argv, STAGES + ("config",))
@@ -101,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   t = time.perf_counter()
   pipe = VQDiffusionPipeline.from_run(dm_dir)
   settings = diffusion.SamplerConfig(**pipe.sampling_defaults)
-  prompts = heldout_prompts(num_prompts, image_size)
+  prompts = shapes_eval.heldout_prompts(num_prompts, image_size)
   sample.generate_to_folder(pipe, prompts, out_dir, num_samples=1, settings=settings, seed=0)
   timings["sample_s"] = time.perf_counter() - t
 

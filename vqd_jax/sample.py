@@ -7,6 +7,10 @@ r"""Generates images from text prompts with a trained vqd_jax run or a pretraine
   python -m vqd_jax.sample --pretrained vq-diffusion-ithq --prompt "teddy bear playing in the pool" \
       --steps 100 --guidance 5 --out samples/
 
+  # Paint-with-words: put the phrase where the mask is white (any size; grey = partial).
+  python -m vqd_jax.sample --workdir runs/quickstart/diffusion --prompt "a large red circle" \
+      --paint "large red circle=top_left.png" --paint-weight 0.5 --out samples/
+
   # Inpainting: keep the image outside the mask (white = regenerate), resample the rest.
   python -m vqd_jax.sample --pretrained vq-diffusion-ithq --prompt "a red ball" \
       --init-image photo.png --mask mask.png --out samples/
@@ -65,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--start-t", type=int, default=None,
                  help="First timestep 0..T-1 for --init-image (default T-1; without --mask it is "
                       "required: the image is noised to this step and resampled).")
+  p.add_argument("--paint", action="append", default=[], metavar="PHRASE=MASK.png",
+                 help="Paint-with-words: draw PHRASE (words of every prompt) where MASK.png is "
+                      "white (any size, resized by area to the token grid; grey = partial "
+                      "strength). Repeat for several phrases.")
+  p.add_argument("--paint-weight", type=float, default=0.5,
+                 help="Strength w of --paint: w x f(t) x the largest cross-attention logit is "
+                      "added to the painted tokens' logits, f(t) = log(1 + odds that a token is "
+                      "masked at step t) (default 0.5, best measured on the quickstart run; "
+                      "larger moves objects harder and loses more of them).")
   p.add_argument("--seed", type=int, default=0, help="Random seed; same seed, same images.")
   p.add_argument("--batch-size", type=int, default=64, help="Images generated per device call.")
   p.add_argument("--step", type=int, default=None,
@@ -87,6 +100,7 @@ def read_prompts(args) -> list[str]:
 
 def generate_to_folder(pipe, prompts: Sequence[str], out: str, *, num_samples: int, settings,
                        seed: int, batch_size: int = 64, init_image=None, inpaint_mask=None,
+                       paint=None, paint_weight: float = 0.5,
                        extra_info: dict | None = None) -> list[dict]:
   """Samples ``num_samples`` images per prompt with ``pipe`` (a ``VQDiffusionPipeline``) into
   ``out``; returns the samples.jsonl records."""
@@ -104,7 +118,7 @@ def generate_to_folder(pipe, prompts: Sequence[str], out: str, *, num_samples: i
       # Pad the last chunk to the batch size so every call reuses one compiled program.
       padded = chunk + [chunk[-1]] * (batch_size - len(chunk)) if len(jobs) > batch_size else chunk
       imgs = pipe.generate(pipe.params, [p for p, _ in padded], jax.random.fold_in(key, start),
-                           settings, init_image, inpaint_mask)[:len(chunk)]
+                           settings, init_image, inpaint_mask, paint, paint_weight)[:len(chunk)]
       for (prompt, i), img in zip(chunk, imgs):
         name = f"{len(records):05d}.png"
         images_lib.save_png(os.path.join(out, name), img)
@@ -130,6 +144,20 @@ def _read_image(path: str, size: tuple[int, int], mode: str) -> np.ndarray:
     if img.size != (size[1], size[0]):
       img = img.resize((size[1], size[0]), Image.BICUBIC if mode == "RGB" else Image.NEAREST)
     return np.asarray(img, np.uint8)
+
+
+def parse_paint(pairs: Sequence[str]) -> dict[str, str]:
+  """``["red circle=mask.png", ...]`` -> ``{"red circle": "mask.png"}`` (files checked)."""
+  paint = {}
+  for pair in pairs:
+    phrase, sep, path = pair.rpartition("=")
+    if not sep or not phrase.strip() or not path:
+      raise SystemExit(f"--paint {pair!r}: write it as PHRASE=MASK.png, e.g. "
+                       "--paint \"red circle=left.png\".")
+    if not os.path.isfile(path):
+      raise SystemExit(f"--paint {pair!r}: the mask {path!r} is not a file.")
+    paint[phrase.strip()] = path
+  return paint
 
 
 def load_pipeline(args):
@@ -167,11 +195,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   cpu_devices.configure()  # before jax is imported
   prompts = read_prompts(args)
+  paint = parse_paint(args.paint)
   t0 = time.perf_counter()
   pipe, settings, init, mask, extra = load_pipeline(args)
+  if paint:
+    try:  # every phrase, mask and the weight checked before any sampling
+      pipe.paint_weights(prompts, paint, args.paint_weight)
+    except ValueError as e:
+      raise SystemExit(f"{e} (flags: --paint, --paint-weight)") from e
+    extra = dict(extra, paint=paint, paint_weight=args.paint_weight)
   records = generate_to_folder(pipe, prompts, args.out, num_samples=args.num_samples,
                                settings=settings, seed=args.seed, batch_size=args.batch_size,
-                               init_image=init, inpaint_mask=mask, extra_info=extra)
+                               init_image=init, inpaint_mask=mask, paint=paint or None,
+                               paint_weight=args.paint_weight, extra_info=extra)
   print(f"Wrote {len(records)} images, grid.png and samples.jsonl to {args.out} "
         f"in {time.perf_counter() - t0:.1f}s.")
   return 0

@@ -43,6 +43,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("conv_out", "fsdp"),
     ("codebook", "fsdp"),
     ("code_dim", None),
+    ("expert", None),  # expert denoisers: each device holds every expert (one runs per step)
 )
 
 

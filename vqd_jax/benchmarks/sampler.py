@@ -11,7 +11,10 @@ The difference per step is what the diffusion math (posterior, Gumbel sampling, 
 guidance, purity selection) adds. Two dummy denoisers bracket real networks: ``matmul`` embeds the
 tokens and projects to K logits (about 2·B·N·width·K FLOPs, like a transformer's output head) and
 ``null`` returns a fixed distribution (near zero cost, so the loop's own cost is exposed).
-Timings are the best of ``--repeats`` runs after compilation. Prints a table and one JSON line.
+Timings are the best of ``--repeats`` runs after compilation. With ``--experts E`` (default 3) the
+same sampler also runs an ensemble of E expert denoisers of the same size, routed by t inside the
+scan as ``TokenGenerator`` does, and prints both per-step times and their ratio (one expert runs
+per step, so it should stay near 1). Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 from vqd_jax.diffusion import MaskAndReplace
 from vqd_jax.diffusion import SCHEDULES
 from vqd_jax.diffusion import sample
+from vqd_jax.diffusion import experts as experts_lib
 from vqd_jax.diffusion.guidance import uses_guidance
 
 DENOISERS = ("matmul", "null")
@@ -60,6 +64,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--purity-weight", type=float, default=None,
                       help="use the purity-prior sampler with this weight (default: posterior "
                            "sampler).")
+  parser.add_argument("--experts", type=int, default=3,
+                      help="also time an ensemble of this many expert denoisers (each the size "
+                           "of the single one, routed by t inside the sampler) against one "
+                           "denoiser; 0 skips it.")
   parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best is reported.")
   parser.add_argument("--seed", type=int, default=0, help="PRNG seed.")
   parser.add_argument("--prng-impl", default="threefry2x32",
@@ -140,6 +148,32 @@ def _time_sampler(denoise, params, process, args, key) -> tuple[float, float]:
   return compile_s, _best_time(lambda: compiled(params, key), args.repeats)
 
 
+def _ensemble(denoise, params, num_experts: int, num_timesteps: int):
+  """``(ExpertParams, denoise)`` for ``num_experts`` perturbed copies of ``params``, routed like
+  ``TokenGenerator``: each call runs the expert owning its (shared) t."""
+  bounds = np.linspace(0, num_timesteps, num_experts + 1).round().astype(int)[1:-1]
+  stacked = jax.tree.map(lambda p: p * (1.0 + 0.01 * jnp.arange(num_experts).reshape(
+      (num_experts,) + (1,) * (p.ndim - 1))), experts_lib.stack_experts(params, num_experts))
+  ensemble = experts_lib.ExpertParams(stacked, experts_lib.ExpertIntervals(tuple(bounds),
+                                                                           num_timesteps))
+
+  def routed(ens, x_t, t):
+    return denoise(ens.select(ens.intervals.expert_of(t[0])), x_t, t)
+  return ensemble, routed
+
+
+def _compare_ensemble(kind, denoise, params, process, args, key) -> dict[str, float]:
+  """Sampler ms/step of one denoiser and of an ensemble of ``args.experts``, same program."""
+  ensemble, routed = _ensemble(denoise, params, args.experts, args.num_timesteps)
+  _, single_s = _time_sampler(denoise, params, process, args, key)
+  _, ensemble_s = _time_sampler(routed, ensemble, process, args, key)
+  single, ens = 1e3 * single_s / args.num_steps, 1e3 * ensemble_s / args.num_steps
+  print(f"{kind:<8} single {single:.3f} ms/step, {args.experts} experts {ens:.3f} ms/step, "
+        f"ratio {ens / single:.3f}")
+  return {"denoiser": kind, "experts": args.experts, "single_ms_per_step": single,
+          "ensemble_ms_per_step": ens, "ratio": ens / single}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the benchmark; returns a process exit code."""
   args = _parse(argv)
@@ -171,11 +205,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{kind:<8} {result['denoiser_ms_per_step']:>22.3f} {result['sampler_ms_per_step']:>16.3f} "
           f"{result['overhead_ms_per_step']:>17.3f} {result['denoiser_steps_per_s']:>17.2f} "
           f"{result['sampler_steps_per_s']:>16.2f}")
+  ensembles = []
+  if args.experts:
+    print(f"expert ensemble vs one denoiser of the same size (sampler, {args.num_steps} steps):")
+    for kind in args.denoisers.split(","):
+      params, denoise = _make_denoiser(kind, args.num_classes, args.num_timesteps, args.width, key)
+      ensembles.append(_compare_ensemble(kind, denoise, params, process, args, key))
   config = {name: getattr(args, name) for name in (
       "num_classes", "num_tokens", "batch_size", "num_steps", "num_timesteps", "schedule", "width",
-      "guidance_scale", "truncation_rate", "purity_weight", "repeats", "prng_impl")}
+      "guidance_scale", "truncation_rate", "purity_weight", "repeats", "prng_impl", "experts")}
   print(json.dumps({"benchmark": "sampler", "device": device.device_kind, "config": config,
-                    "results": results}))
+                    "results": results, "experts": ensembles}))
   return 0
 
 

@@ -11,10 +11,14 @@ t+1 and ``t = -1`` stands for x0.
   paper's text (final mask 0.9, replace 0.1). A config names the one it uses.
 * ``losses``: ``diffusion_loss`` (variational bound + adaptive auxiliary loss, mask weights) and the
   importance-sampling state ``LossHistory`` with ``sample_timesteps`` / ``update_history``.
+* ``experts``: eDiff-I expert ensembles, ``ExpertIntervals`` (which expert owns which t) and
+  ``ExpertParams`` (weights stacked on a leading expert axis).
 * ``sampling``: ``sample`` - full, fast (exact skip posterior), truncation, classifier-free
   guidance, the purity-prior sampler and inpainting/editing, each one ``lax.scan``.
 """
 
+from vqd_jax.diffusion.experts import ExpertIntervals
+from vqd_jax.diffusion.experts import ExpertParams
 from vqd_jax.diffusion.guidance import classifier_free_guidance
 from vqd_jax.diffusion.guidance import prepare_log_x0
 from vqd_jax.diffusion.guidance import truncate
@@ -42,7 +46,7 @@ from vqd_jax.diffusion.schedules import SCHEDULES
 from vqd_jax.diffusion.schedules import cumulative_schedule
 
 __all__ = [
-    "LOG_EPS", "LOG_FLOOR", "SCHEDULES", "Denoiser", "LossHistory", "LossTerms", "MaskAndReplace",
+    "LOG_EPS", "LOG_FLOOR", "SCHEDULES", "Denoiser", "ExpertIntervals", "ExpertParams", "LossHistory", "LossTerms", "MaskAndReplace",
     "SamplerConfig", "classifier_free_guidance", "cumulative_schedule", "diffusion_loss",
     "evaluation_times", "importance_weights", "index_to_log_onehot", "log_add_exp",
     "log_onehot_to_index", "multinomial_kl", "prepare_log_x0", "sample", "sample_categorical",

@@ -137,6 +137,16 @@ def score(image: np.ndarray, caption: str) -> ShapeScore:
                     tuple(o.describe() for o in found), objects)
 
 
+# A shapes seed the training data never use: held-out prompts for every evaluation.
+HELDOUT_SEED = 987_654_321
+
+
+def heldout_prompts(num: int, resolution: int) -> list[str]:
+  """Captions of ``num`` shapes examples drawn with ``HELDOUT_SEED``."""
+  source = shapes_lib.ShapesSource(resolution=resolution, seed=HELDOUT_SEED, length=num)
+  return [source[i]["caption"] for i in range(num)]
+
+
 def score_many(images: Sequence[np.ndarray] | np.ndarray, captions: Sequence[str]
                ) -> list[ShapeScore]:
   """Scores ``images`` (``[B, H, W, 3]`` or a list) against ``captions`` (same length)."""

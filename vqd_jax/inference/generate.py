@@ -4,6 +4,8 @@ Training previews, ``VQDiffusionPipeline`` and ``python -m vqd_jax.sample`` all 
 their own ``jax.jit``; the whole reverse chain is one ``lax.scan`` (``vqd_jax.diffusion.sample``).
 Classifier-free guidance runs the denoiser once per step on the ``[null, prompts]`` rows
 (``stack_rows``); truncation, purity, fast steps and inpainting are ``SamplerConfig`` settings.
+An ensemble of expert denoisers (``diffusion.ExpertParams``) runs one expert per step, chosen
+from the step's t inside the scan.
 
 On CPU the denoiser runs on small row blocks (its attention logits then stay in cache: 2-2.5x
 faster per row at 4-8 rows on 2 cores), split over the host's devices when there are several
@@ -29,6 +31,18 @@ def default_chunk_rows(row_mesh: Mesh | None) -> int | None:
   if jax.default_backend() != "cpu":
     return None
   return 2 if row_mesh is None else 1
+
+
+def paint_bias(process: diffusion.MaskAndReplace, paint: jax.Array, t: jax.Array) -> jax.Array:
+  """The denoiser's ``scaled_cross_attention_bias`` ``[B, 1, N, L]`` for paint weights
+  ``[B, N, L]`` at timesteps t ``[B]``: ``paint · f(t)``, f(t) = log(1 + C̄_t / (1 - C̄_t)).
+
+  C̄_t is the fraction of tokens masked at t, so f is the masking analogue of eDiff-I's
+  log(1 + σ) with σ² read as the odds that a token is masked: large while the layout forms (2.3
+  at C̄ = 0.9, 11.5 at the all-masked start of the released schedule), 0.69 at half masked and
+  fading to 0 at t = 0. It placed objects better than f = C̄_t (docs/experiments.md)."""
+  odds_term = -process.log_cum_unmasked[t + 1]  # log(1 + C̄/(1 - C̄)) = -log(1 - C̄)
+  return (paint * odds_term[:, None, None])[:, None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,36 +76,81 @@ class TokenGenerator:
     return row_blocks.replicate(params, self.row_mesh)
 
   def denoise(self, params: Any, x_t: jax.Array, t: jax.Array, cond: Conditioning) -> jax.Array:
-    """log p(x0 | x_t) ``[B, N, K]`` for tokens ``[B, N]``, t ``[B]`` and ``cond`` rows ``[B]``."""
-    t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), x_t.shape[:1])
+    """log p(x0 | x_t) ``[B, N, K]`` for tokens ``[B, N]``, t ``[B]`` and ``cond`` rows ``[B]``
+    (with ``cond.paint``, the paint-with-words bias of :func:`paint_bias`).
 
-    def rows(x, t, states, mask, pooled):
-      return self.denoiser.apply({"params": params}, x, t, states, mask, global_cond=pooled)
+    ``params`` may be an ensemble (``diffusion.ExpertParams``): each row then gets the expert that
+    owns its t; one expert's call when every row's t has the same owner, else one call per expert.
+    """
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), x_t.shape[:1])
+    if not isinstance(params, diffusion.ExpertParams):
+      return self._denoise_one(params, x_t, t, cond)
+    owner = params.intervals.expert_of(t)
+
+    def every_expert(_):
+      outs = [self._denoise_one(params.select(jnp.int32(e)), x_t, t, cond)
+              for e in range(params.intervals.num_experts)]
+      return jnp.select([owner[:, None, None] == e for e in range(len(outs))], outs)
+
+    return jax.lax.cond(jnp.all(owner == owner[0]), lambda _: self._routed(params, x_t, t, cond),
+                        every_expert, None)
+
+  def _routed(self, params: diffusion.ExpertParams, x_t: jax.Array, t: jax.Array,
+              cond: Conditioning) -> jax.Array:
+    """One expert's call: the owner of ``t[0]``, for rows that all share its interval."""
+    return self._denoise_one(params.select(params.intervals.expert_of(t[0])), x_t, t, cond)
+
+  def _denoise_one(self, params: Any, x_t: jax.Array, t: jax.Array, cond: Conditioning
+                   ) -> jax.Array:
+    """``denoise`` for a single model's ``params``."""
+
+    def rows(x, t, states, mask, pooled, paint):
+      scaled_bias = None if paint is None else paint_bias(self.process, paint, t)
+      return self.denoiser.apply({"params": params}, x, t, states, mask, global_cond=pooled,
+                                 scaled_cross_attention_bias=scaled_bias)
 
     return row_blocks.in_row_shards(rows, self.row_mesh, self.chunk_rows, x_t, t, cond.states,
-                                    cond.mask, cond.pooled)
+                                    cond.mask, cond.pooled, cond.paint)
 
   def generate_tokens(self, params: Any, conditioning: Conditioning, key: jax.Array,
                       settings: diffusion.SamplerConfig, *, null: Conditioning | None = None,
                       init_tokens: jax.Array | None = None,
-                      inpaint_mask: jax.Array | None = None) -> jax.Array:
+                      inpaint_mask: jax.Array | None = None,
+                      switch_to: Conditioning | None = None,
+                      switch_below: jax.Array | int = 0) -> jax.Array:
     """Codes ``[B, N]`` int32 for ``conditioning`` rows ``[B]`` (call inside ``jax.jit``).
 
     Args:
-      params: the denoiser's parameters.
+      params: the denoiser's parameters, or an ensemble's (``diffusion.ExpertParams``: each step
+        runs only the expert owning its t, selected inside the program).
       conditioning: the prompts' conditioning.
       key: PRNG key; the same key gives the same tokens.
       settings: steps, guidance, truncation, purity, start time (static).
       null: the unconditional rows; required when ``settings`` uses guidance.
       init_tokens: ``[B, N]`` codes to inpaint or edit; inpaint_mask: ``[B, N]`` bool, True =
         regenerate.
+      switch_to, switch_below: steps with t < ``switch_below`` (a scalar, may be traced) are
+        conditioned on ``switch_to`` (same shapes as ``conditioning``) instead: the prompt-switch
+        experiment of ``python -m vqd_jax.evaluate prompt-switch``.
     """
-    cond = conditioning
-    if diffusion.uses_guidance(settings.guidance_scale):
-      if null is None:
-        raise ValueError("guidance_scale != 1 needs the null conditioning (null=...).")
-      cond = stack_rows(null, cond)  # the sampler's contract: rows [:B] unconditional
-    return diffusion.sample(lambda x_t, t: self.denoise(params, x_t, t, cond), key, self.process,
+    guided = diffusion.uses_guidance(settings.guidance_scale)
+    if guided and null is None:
+      raise ValueError("guidance_scale != 1 needs the null conditioning (null=...).")
+    # The sampler's contract: with guidance, rows [:B] are unconditional.
+    rows = lambda c: stack_rows(null, c) if guided else c
+    cond = rows(conditioning)
+    later = None if switch_to is None else rows(switch_to)
+    denoise = self.denoise
+    if isinstance(params, diffusion.ExpertParams):
+      denoise = self._routed  # all rows of a sampler step share t: one expert per step
+
+    def step(x_t, t):
+      c = cond
+      if later is not None:
+        c = jax.tree.map(lambda a, b: jnp.where(jnp.max(t) < switch_below, b, a), cond, later)
+      return denoise(params, x_t, t, c)
+
+    return diffusion.sample(step, key, self.process,
                             batch_size=conditioning.batch_size, num_tokens=self.num_tokens,
                             init_tokens=init_tokens, inpaint_mask=inpaint_mask,
                             **settings.kwargs())

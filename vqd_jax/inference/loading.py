@@ -22,7 +22,7 @@ from vqd_jax import build, diffusion, text
 from vqd_jax import checkpoint as ckpt_lib
 from vqd_jax.inference.autoencoder import FrozenAutoencoder
 from vqd_jax.inference.generate import TokenGenerator
-from vqd_jax.sharding import on_first_local_device
+from vqd_jax.sharding import on_first_local_device, strip_boxes
 
 
 def _open(workdir: str, stage: str, step: int | None, train_hint: str
@@ -123,14 +123,26 @@ def abstract_params(conditioner: text.Conditioner, denoiser: nn.Module) -> Any:
 
 def load_diffusion_run(workdir: str, step: int | None = None, use_ema: bool = True
                        ) -> DiffusionRun:
-  """A trained ``stage=diffusion`` run: its networks, weights and frozen autoencoder."""
+  """A trained ``stage=diffusion`` run: its networks, weights and frozen autoencoder.
+
+  An ensemble of expert denoisers (``config.experts``) comes back with
+  ``params["transformer"]`` a ``diffusion.ExpertParams``, which ``TokenGenerator`` routes by t.
+  """
   ckpt, step, config = _open(workdir, "diffusion", step,
                              "python -m vqd_jax.train --config configs/diffusion.py:shapes "
                              f"--workdir {workdir} --config.vqvae_workdir=...; or sample a "
                              "diffusers checkpoint with --pretrained")
   autoencoder = load_autoencoder(config.vqvae_workdir)
   conditioner, generator = run_networks(config, workdir, autoencoder)
-  params = _restore(ckpt, step, config, abstract_params(conditioner, generator.denoiser), use_ema)
+  intervals = build.expert_intervals(config)
+  abstract = abstract_params(conditioner, generator.denoiser)
+  if intervals is not None:  # an ensemble: the denoiser's leaves stacked [E, ...]
+    abstract["transformer"] = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct((intervals.num_experts,) + s.shape, s.dtype),
+        strip_boxes(abstract["transformer"]))
+  params = _restore(ckpt, step, config, abstract, use_ema)
+  if intervals is not None:
+    params["transformer"] = diffusion.ExpertParams(params["transformer"], intervals)
   return DiffusionRun(config=config, workdir=workdir, step=step, conditioner=conditioner,
                       generator=generator, autoencoder=autoencoder,
                       params=generator.place(params))

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqd_jax import diffusion, text
+from vqd_jax.inference import paint as paint_lib
 from vqd_jax.inference import settings as settings_lib
 from vqd_jax.inference.generate import TokenGenerator
 from vqd_jax.inference.loading import load_diffusion_run
@@ -80,7 +81,7 @@ class VQDiffusionPipeline:
     self._encode_prompt = jax.jit(lambda p, ids, mask: self.conditioner.encode(p, ids, mask).states)
     self._denoise = jax.jit(lambda p, x, t, cond: self.generator.denoise(p["transformer"], x, t,
                                                                          cond))
-    self._decode = jax.jit(self._decode_impl)
+    self._decode = jax.jit(self.decode_tokens)
     self._encode_image = jax.jit(self._encode_image_impl)
 
   @classmethod
@@ -179,7 +180,7 @@ class VQDiffusionPipeline:
     x_t, t, cond = self.generator.place((x_t, t, cond))
     return self._denoise(self.params, x_t, t, cond)
 
-  def _decode_impl(self, params, tokens):
+  def decode_tokens(self, params, tokens):
     """Tokens ``[B, N]`` -> float images ``[B, H, W, 3]`` in [0, 1] (diffusers' decode)."""
     grid = tokens.reshape((tokens.shape[0],) + self.token_grid)
     images = self.vqvae.apply({"params": params["vqvae"]}, grid, method="decode_indices")
@@ -218,34 +219,44 @@ class VQDiffusionPipeline:
 
   # -- sampling -------------------------------------------------------------------------------------
 
-  def _generate_impl(self, params, ids, mask, key, init_tokens, regenerate, *,
+  def _generate_impl(self, params, ids, mask, key, init_tokens, regenerate, paint, *,
                      settings: diffusion.SamplerConfig):
     """``(tokens [B, N], uint8 images [B, H, W, 3])``: text encoding, sampling and decoding."""
-    cond = self.conditioner.encode(params, ids, mask)
+    cond = self.conditioner.encode(params, ids, mask).replace(paint=paint)
     null = None
     if diffusion.uses_guidance(settings.guidance_scale):
       null = self.conditioner.null(params, ids.shape[0])
     tokens = self.generator.generate_tokens(params["transformer"], cond, key, settings, null=null,
                                             init_tokens=init_tokens, inpaint_mask=regenerate)
-    images = self._decode_impl(params, tokens)
+    images = self.decode_tokens(params, tokens)
     return tokens, jnp.round(images * 255.0).astype(jnp.uint8)
 
   def generate(self, params, prompts: Sequence[str], key: jax.Array,
                settings: diffusion.SamplerConfig, init_image: Any = None,
-               inpaint_mask: Any = None) -> np.ndarray:
+               inpaint_mask: Any = None, paint: paint_lib.PaintSpec | None = None,
+               paint_weight: float = paint_lib.DEFAULT_PAINT_WEIGHT) -> np.ndarray:
     """uint8 images ``[B, H, W, 3]`` for ``prompts`` with explicit params, key and settings.
 
     ``init_image`` (uint8 ``[H, W, 3]`` or ``[B, H, W, 3]``) keeps the image's tokens outside
     ``inpaint_mask`` (True = regenerate; default everything) and regenerates the rest from
-    ``settings.start_t``.
+    ``settings.start_t``. ``paint`` and ``paint_weight`` as in ``__call__``.
     """
-    return np.asarray(self._run(params, prompts, key, settings, init_image, inpaint_mask)[1])
+    return np.asarray(self._run(params, prompts, key, settings, init_image, inpaint_mask,
+                                paint, paint_weight)[1])
+
+  def paint_weights(self, prompts: str | Sequence[str], paint: paint_lib.PaintSpec,
+                    weight: float = paint_lib.DEFAULT_PAINT_WEIGHT) -> np.ndarray:
+    """The ``[B, N, L]`` paint-with-words map of ``paint`` (see ``vqd_jax.inference.paint``)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    return paint_lib.paint_weights(self.conditioner.tokenizer, prompts, paint, *self.token_grid,
+                                   weight=weight)
 
   def generate_tokens(self, prompts: str | Sequence[str], seed: int = 0, **kwargs) -> np.ndarray:
     """Codes ``[B, N]`` int32; keyword arguments as in ``__call__``."""
     return np.asarray(self._call(prompts, seed, **kwargs)[0])
 
-  def _run(self, params, prompts, key, settings, init_image, inpaint_mask):
+  def _run(self, params, prompts, key, settings, init_image, inpaint_mask, paint=None,
+           paint_weight=paint_lib.DEFAULT_PAINT_WEIGHT):
     ids, mask = self.tokenize(prompts)
     batch = ids.shape[0]
     if batch == 0:
@@ -261,21 +272,26 @@ class VQDiffusionPipeline:
         regenerate = jnp.asarray(self.token_mask(inpaint_mask, batch))
     elif inpaint_mask is not None:
       raise ValueError("inpaint_mask needs init_image: the image whose unmasked part is kept.")
+    weights = None if not paint else jnp.asarray(self.paint_weights(prompts, paint, paint_weight))
     return self._program(params, jnp.asarray(ids), jnp.asarray(mask), key, init_tokens, regenerate,
-                         settings=settings)
+                         weights, settings=settings)
 
   def _call(self, prompts, seed, num_inference_steps=None, guidance_scale=5.0, truncation_rate=1.0,
-            purity_weight=None, init_image=None, inpaint_mask=None, start_t=None):
+            purity_weight=None, init_image=None, inpaint_mask=None, start_t=None, paint=None,
+            paint_weight=paint_lib.DEFAULT_PAINT_WEIGHT):
     settings = settings_lib.settings_for_call(
         self.num_timesteps, num_inference_steps, guidance_scale, truncation_rate, purity_weight,
         start_t, has_init_image=init_image is not None, has_mask=inpaint_mask is not None)
     key = seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
-    return self._run(self.params, prompts, key, settings, init_image, inpaint_mask)
+    return self._run(self.params, prompts, key, settings, init_image, inpaint_mask, paint,
+                     paint_weight)
 
   def __call__(self, prompts: str | Sequence[str], num_inference_steps: int | None = None,
                guidance_scale: float = 5.0, truncation_rate: float = 1.0, seed: int = 0,
                purity_weight: float | None = None, init_image: Any = None,
-               inpaint_mask: Any = None, start_t: int | None = None) -> np.ndarray:
+               inpaint_mask: Any = None, start_t: int | None = None,
+               paint: paint_lib.PaintSpec | None = None,
+               paint_weight: float = paint_lib.DEFAULT_PAINT_WEIGHT) -> np.ndarray:
     """Generates uint8 images ``[B, H, W, 3]`` (numpy), one per prompt.
 
     Args:
@@ -293,7 +309,13 @@ class VQDiffusionPipeline:
       inpaint_mask: ``[H, W]`` pixels (True / > 0.5 = regenerate; any token whose patch touches
         the region is regenerated) or ``[h, w]`` tokens.
       start_t: first timestep (0..T-1); default T-1 (the masked region starts all [MASK]).
+      paint: paint-with-words, ``{phrase: mask}`` for every prompt or a list with one per prompt;
+        a mask is a PNG path, PIL image or array of any size, white = painted, grey = partial
+        (``vqd_jax.inference.paint``). The null rows of guidance are never painted.
+      paint_weight: its strength w; the bias is w · f(t) · max(QKᵀ/√d) on the phrase's tokens,
+        f(t) = log(1 + C̄_t / (1 - C̄_t)) for the masked fraction C̄_t
+        (``vqd_jax.inference.generate.paint_bias``).
     """
     return np.asarray(self._call(prompts, seed, num_inference_steps, guidance_scale,
                                  truncation_rate, purity_weight, init_image, inpaint_mask,
-                                 start_t)[1])
+                                 start_t, paint, paint_weight)[1])

@@ -126,6 +126,13 @@ def export_pipeline(out_dir: str | os.PathLike, *, transformer_fields: dict[str,
     text_encoder, text_params, tokenizer: the text side.
     null_embedding: learned null states ``[L, D]``, or None (CLIP("") at sampling time).
   """
+  if isinstance(transformer_params, diffusion.ExpertParams):
+    raise ValueError(
+        f"This run is an ensemble of {transformer_params.intervals.num_experts} expert denoisers "
+        "(config.experts); diffusers' VQ-Diffusion pipeline has one transformer, so it cannot be "
+        "exported. Sample it with vqd_jax (VQDiffusionPipeline.from_run or python -m "
+        "vqd_jax.sample --workdir), or export the single-denoiser run it was split from (its "
+        "config.init_from).")
   out = os.fspath(out_dir)
   version = _diffusers_version()
   k = transformer_fields["num_classes"]

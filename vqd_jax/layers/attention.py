@@ -91,8 +91,9 @@ def causal_mask(length: int) -> jax.Array:
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                           key_mask: jax.Array | None = None, bias: jax.Array | None = None, *,
-                          mask: jax.Array | None = None) -> jax.Array:
-  """softmax(QKᵀ/√d + bias) V over the key axis, with masked keys excluded.
+                          mask: jax.Array | None = None,
+                          scaled_bias: jax.Array | None = None) -> jax.Array:
+  """softmax(QKᵀ/√d + bias + scaled_bias · m) V over the key axis, with masked keys excluded.
 
   Args:
     query: [B, Nq, H, Dh].
@@ -102,23 +103,32 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     bias: additive logits bias broadcastable to [B, H, Nq, Nk] (e.g. [1, 1, Nq, Nk]).
     mask: bool broadcastable to [B, H, Nq, Nk] (e.g. :func:`causal_mask`), True = visible; it is
       combined with ``key_mask``.
+    scaled_bias: broadcastable to [B, H, Nq, Nk], multiplied by m = max(0, the largest visible
+      QKᵀ/√d logit of the example over every head, query and key) before it is added, so its
+      effect does not depend on the scale of the logits (eDiff-I's paint-with-words bias).
 
   Returns:
     [B, Nq, H, Dh] in the query's dtype. A query row whose keys are all masked gets zeros (instead
     of the NaN a softmax over only −inf would give). On CPU, unmasked attention over 512 or more
     keys takes the :func:`blocked_attention` path (same result, far less memory traffic).
   """
-  if _use_blocked(query, key, key_mask, bias, mask):
+  if scaled_bias is None and _use_blocked(query, key, key_mask, bias, mask):
     return blocked_attention(query, key, value)
   depth = query.shape[-1]
   query = query * jnp.asarray(depth ** -0.5, query.dtype)
   # Logits and softmax in float32 even when computing in bfloat16: the softmax is the fragile part.
   logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-  if bias is not None:
-    logits = logits + bias.astype(jnp.float32)
   visible = None if key_mask is None else key_mask[:, None, None, :].astype(bool)
   if mask is not None:
     visible = mask.astype(bool) if visible is None else visible & mask.astype(bool)
+  if scaled_bias is not None:
+    seen = logits if visible is None else jnp.where(visible, logits, -jnp.inf)
+    # Per example, so a sample never depends on its batch mates; clipped at 0 so that a bias
+    # only ever draws attention towards its keys.
+    scale = jnp.maximum(jnp.max(seen, axis=(1, 2, 3), keepdims=True), 0.0)
+    logits = logits + scaled_bias.astype(jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
   if visible is None:
     weights = jax.nn.softmax(logits, axis=-1)
   else:
@@ -152,7 +162,8 @@ class Attention(nn.Module):
       ('text_embed' for text states) and the H·Dh inner width.
     kernel_init: initialiser of the four kernels (None: N(0, 0.02)); biases start at zero.
     attention_fn: ``(query, key, value, key_mask, bias, *, mask) -> [B, N, H, Dh]`` on
-      [B, N|L, H, Dh] projections; :func:`dot_product_attention` unless a model needs its own.
+      [B, N|L, H, Dh] projections (also taking ``scaled_bias=`` where callers pass one);
+      :func:`dot_product_attention` unless a model needs its own.
   """
   num_heads: int
   head_dim: int
@@ -171,8 +182,9 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
                key_mask: jax.Array | None = None, bias: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-    """x: [B, N, D]; context: [B, L, Dc] (None: x); key_mask: [B, L] bool; bias: [B|1, H|1, N, L].
+               deterministic: bool = True, scaled_bias: jax.Array | None = None) -> jax.Array:
+    """x: [B, N, D]; context: [B, L, Dc] (None: x); key_mask: [B, L] bool; bias and scaled_bias
+    (see :func:`dot_product_attention`): [B|1, H|1, N, L].
 
     In a decode step N = 1 and L is the cache length. Returns [B, N, D].
     """
@@ -194,7 +206,8 @@ class Attention(nn.Module):
     mask = causal_mask(x.shape[1]) if self.causal else None
     if self.decode:
       key, value, mask = self._update_cache(key, value, mask)
-    out = self.attention_fn(query, key, value, key_mask, bias, mask=mask)
+    extra = {} if scaled_bias is None else {"scaled_bias": scaled_bias}
+    out = self.attention_fn(query, key, value, key_mask, bias, mask=mask, **extra)
     out = out.reshape(out.shape[:2] + (inner,))
     out = project(width, (self.heads_axis, self.embed_axis), out_name, out)
     return nn.Dropout(self.dropout)(out, deterministic=deterministic)

@@ -73,6 +73,11 @@ class CLIPTokenizerWrapper:
   def vocab_size(self) -> int:
     return len(self.tokenizer)
 
+  def tokens(self, prompt: str) -> list[str]:
+    """The prompt's BPE tokens as strings, start to end of text (for messages)."""
+    ids, mask = self([prompt])
+    return list(self.tokenizer.convert_ids_to_tokens(ids[0][mask[0]].tolist()))
+
   def __call__(self, prompts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Tokenises a prompt or a batch of prompts.
 

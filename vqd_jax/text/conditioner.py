@@ -39,10 +39,13 @@ class Conditioning:
     states: ``[B, L, D]`` cross-attention states.
     mask: ``[B, L]`` bool (True = real token), or None to attend to every position.
     pooled: ``[B, P]`` global embedding for the denoiser's ``global_cond``, or None.
+    paint: ``[B, N, L]`` paint-with-words weights (image token n, text token l), or None
+      (``vqd_jax.inference.paint``).
   """
   states: jax.Array
   mask: jax.Array | None = None
   pooled: jax.Array | None = None
+  paint: jax.Array | None = None
 
   @property
   def batch_size(self) -> int:
@@ -50,7 +53,9 @@ class Conditioning:
 
 
 def stack_rows(first: Conditioning, second: Conditioning) -> Conditioning:
-  """Rows of ``first`` then ``second`` (``[2B, ...]``): guidance's ``[null, prompts]`` batch."""
+  """Rows of ``first`` then ``second`` (``[2B, ...]``): guidance's ``[null, prompts]`` batch.
+
+  A missing mask reads as all tokens real and a missing paint map as no paint."""
   def cat(a, b, fill):
     if a is None and b is None:
       return None
@@ -58,9 +63,12 @@ def stack_rows(first: Conditioning, second: Conditioning) -> Conditioning:
     b = fill(second) if b is None else b
     return jnp.concatenate([a.astype(b.dtype), b])
   all_real = lambda c: jnp.ones(c.states.shape[:2], bool)
+  painted = first.paint if first.paint is not None else second.paint
+  no_paint = lambda c: jnp.zeros((c.batch_size,) + painted.shape[1:], jnp.float32)
   return Conditioning(states=cat(first.states, second.states, None),
                       mask=cat(first.mask, second.mask, all_real),
-                      pooled=None if first.pooled is None else cat(first.pooled, second.pooled, None))
+                      pooled=None if first.pooled is None else cat(first.pooled, second.pooled, None),
+                      paint=cat(first.paint, second.paint, no_paint))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -107,6 +107,11 @@ class WordTokenizer:
       out.append(" ".join(words))
     return out
 
+  def tokens(self, prompt: str) -> list[str]:
+    """The prompt's tokens as strings, [BOS] to [EOS] (for messages)."""
+    ids, mask = self([prompt])
+    return [self.vocab[i] for i in ids[0][mask[0]].tolist()]
+
   def unknown_words(self, prompts: Sequence[str] | str) -> list[str]:
     """Sorted distinct words of ``prompts`` that will be read as [UNK]."""
     return sorted({w for p in self._as_list(prompts) for w in split_words(p) if w not in self._ids})

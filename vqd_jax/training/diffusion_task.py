@@ -29,6 +29,7 @@ from vqd_jax.inference.loading import load_autoencoder
 from vqd_jax.data import configured as data_config
 from vqd_jax.training import optim as optim_lib
 from vqd_jax.training import state as state_lib
+from vqd_jax.training import warm_start as warm_start_lib
 
 
 def _write_once(path: str, write) -> None:
@@ -63,6 +64,8 @@ class DiffusionTask:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     self.workdir = workdir
+    if config.get("init_from"):
+      warm_start_lib.check_base(config, workdir)
     save_text_assets(config, workdir)
     self.vq = load_autoencoder(config.vqvae_workdir)
     self.conditioner = build.conditioner(config, workdir)
@@ -108,6 +111,22 @@ class DiffusionTask:
     return load_clip_text_encoder(self.config.text.clip_path)[1]
 
   def init_state(self, key: jax.Array, batch: dict[str, jax.Array]) -> state_lib.TrainState:
+    return self.state_from_params(self.init_params(key, batch))
+
+  def state_from_params(self, params: Any, ema: Any = None, history: Any = None
+                        ) -> state_lib.TrainState:
+    """A step-0 state around ``params`` (EMA from ``ema`` or ``params``; fresh optimizer)."""
+    if self.config.train.ema_decay <= 0:
+      ema = None
+    elif ema is None:
+      ema = params
+    history = history or diffusion.LossHistory.create(self.process.num_timesteps)
+    return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                opt_state=self.tx.init(params), ema_params=ema,
+                                extra={"loss_history": history})
+
+  def init_params(self, key: jax.Array, batch: dict[str, jax.Array]) -> Any:
+    """Fresh (boxed) ``{"transformer", "text_encoder", "null_embedding"}``."""
     # XLA's CPU backend compiles every threefry draw slowly; one draw seeding an 'rbg' key makes
     # parameter init compile several times faster and stays deterministic.
     seed = jax.random.randint(key, (), 0, jnp.iinfo(jnp.int32).max)
@@ -121,11 +140,27 @@ class DiffusionTask:
     params["transformer"] = self.denoiser.init(
         k_tr, jnp.zeros((b, self.denoiser.num_tokens), jnp.int32), jnp.zeros((b,), jnp.int32),
         states, mask, global_cond=pooled)["params"]
-    ema = params if self.config.train.ema_decay > 0 else None
-    return state_lib.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
-        ema_params=ema,
-        extra={"loss_history": diffusion.LossHistory.create(self.process.num_timesteps)})
+    return params
+
+  def warm_start(self, state: state_lib.TrainState) -> state_lib.TrainState:
+    """A fresh ``state`` restarted from ``config.init_from``'s weights, EMA and loss history
+    (the loop calls it once, on a fresh start); ``state`` unchanged without ``init_from``."""
+    if not self.config.init_from:
+      return state
+    params, ema, history = warm_start_lib.restore_base(self.config.init_from, state,
+                                                       self.base_params)
+    params, ema = self.params_from_base(params), self.params_from_base(ema)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    start = jax.jit(self.state_from_params, out_shardings=shardings)
+    return start(params, ema, diffusion.LossHistory(**history))
+
+  def base_params(self, params: Any) -> Any:
+    """The single-denoiser tree that ``params`` (this run's, possibly abstract) start from."""
+    return params
+
+  def params_from_base(self, params: Any) -> Any:
+    """This run's parameters from a single-denoiser run's (identity; experts stack them)."""
+    return params
 
   # -- training -----------------------------------------------------------------------------------
 
@@ -144,23 +179,32 @@ class DiffusionTask:
       t, pt = jnp.where(early, t_top, t), jnp.where(early, pt_top, pt)
     return t, pt
 
+  def conditioning(self, params, batch, key) -> text_lib.Conditioning:
+    """The batch's text conditioning, captions dropped to the null embedding at the set rate."""
+    cond = self.conditioner.encode(params, batch["text_ids"], batch["text_mask"])
+    rows = batch["text_ids"].shape[0]
+    return self.conditioner.drop(key, cond, self.conditioner.null(params, rows),
+                                 self.config.data.caption_drop_rate)
+
   def loss_fn(self, params, batch, key, history, step):
     k_drop, k_t, k_q, k_dropout = jax.random.split(key, 4)
     x0 = self._tokens(batch)
-    cond = self.conditioner.encode(params, batch["text_ids"], batch["text_mask"])
-    cond = self.conditioner.drop(k_drop, cond, self.conditioner.null(params, x0.shape[0]),
-                                 self.config.data.caption_drop_rate)
+    cond = self.conditioning(params, batch, k_drop)
     t, pt = self._timesteps(k_t, history, x0.shape[0], step)
+    loss, terms = self.denoiser_loss(params["transformer"], x0, cond, t, pt, k_q, k_dropout)
+    return loss, (terms, t)
+
+  def denoiser_loss(self, transformer_params, x0, cond, t, pt, k_q, k_dropout):
+    """``(loss, LossTerms)`` of one denoiser on codes ``x0 [B, N]`` noised at ``t [B]``."""
     x_t = self.process.q_sample(k_q, x0, t)
     dropout = self.config.model.dropout > 0
-    log_x0 = self.denoiser.apply({"params": params["transformer"]}, x_t, t, cond.states,
+    log_x0 = self.denoiser.apply({"params": transformer_params}, x_t, t, cond.states,
                                  cond.mask, deterministic=not dropout, global_cond=cond.pooled,
                                  rngs={"dropout": k_dropout} if dropout else None)
     dcfg = self.config.diffusion
-    loss, terms = diffusion.diffusion_loss(
+    return diffusion.diffusion_loss(
         self.process, log_x0, x0, x_t, t, pt, aux_weight=dcfg.aux_weight,
         adaptive_aux_weight=dcfg.adaptive_aux, mask_weight=tuple(dcfg.mask_weights))
-    return loss, (terms, t)
 
   def train_step(self, state: state_lib.TrainState, batch, key):
     history = state.extra["loss_history"]
@@ -178,6 +222,10 @@ class DiffusionTask:
                               ema_params=ema, extra={"loss_history": history})
     return new_state, metrics
 
+  def sampling_params(self, transformer_params: Any) -> Any:
+    """What ``TokenGenerator`` samples with (experts wrap their stacked weights)."""
+    return transformer_params
+
   # -- previews -----------------------------------------------------------------------------------
 
   def generate(self, params, prompts: Sequence[str], key: jax.Array,
@@ -190,7 +238,8 @@ class DiffusionTask:
       def program(params, ids, mask, key, settings):
         cond = self.conditioner.encode(params, ids, mask)
         null = self.conditioner.null(params, ids.shape[0])
-        return generator.generate_tokens(params["transformer"], cond, key, settings, null=null)
+        return generator.generate_tokens(self.sampling_params(params["transformer"]), cond, key,
+                                         settings, null=null)
 
       self._sample_program = generator, jax.jit(program, static_argnames=("settings",))
     generator, program = self._sample_program

@@ -103,6 +103,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       init = jax.jit(lambda k, b: nn.meta.unbox(task.init_state(k, b)),
                      out_shardings=state_shardings)
       state = init(init_key, example)
+      if hasattr(task, "warm_start"):  # a run that starts from another run's weights
+        state = task.warm_start(state)
       log.info("Initialised a fresh %s run in %s.", config.stage, workdir)
     else:
       state, data_state = checkpointer.restore(start, abstract_state)

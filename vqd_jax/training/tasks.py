@@ -11,6 +11,9 @@ def make_task(config: ml_collections.ConfigDict, workdir: str):
   if config.stage == "vqvae":
     from vqd_jax.training.vqvae_task import VQVAETask  # pylint: disable=import-outside-toplevel
     return VQVAETask(config, workdir)
+  if config.stage == "diffusion" and config.get("experts") is not None and config.experts.num:
+    from vqd_jax.training.expert_task import ExpertDiffusionTask  # pylint: disable=import-outside-toplevel
+    return ExpertDiffusionTask(config, workdir)
   if config.stage == "diffusion":
     from vqd_jax.training.diffusion_task import DiffusionTask  # pylint: disable=import-outside-toplevel
     return DiffusionTask(config, workdir)

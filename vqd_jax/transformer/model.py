@@ -65,9 +65,11 @@ class TransformerBlock(nn.Module):
   @nn.compact
   def __call__(self, h: jax.Array, t: jax.Array, text_states: jax.Array,
                text_mask: jax.Array | None, cross_attention_bias: jax.Array | None,
-               deterministic: bool = True, cond: jax.Array | None = None) -> jax.Array:
+               deterministic: bool = True, cond: jax.Array | None = None,
+               scaled_bias: jax.Array | None = None) -> jax.Array:
     """h: [B, N, D]; t: [B]; text_states: [B, L, Dt]; text_mask: [B, L]; bias: [B|1, H|1, N, L];
-    cond: [B, D] added to both AdaLN timestep embeddings (the projected global_cond), or None."""
+    cond: [B, D] added to both AdaLN timestep embeddings (the projected global_cond), or None;
+    scaled_bias: [B|1, H|1, N, L], the cross-attention bias scaled by the largest logit."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     attn = dict(num_heads=self.num_heads, head_dim=self.head_dim, dropout=self.dropout, **kw)
     width = h.shape[-1]
@@ -80,7 +82,8 @@ class TransformerBlock(nn.Module):
     h = nn.with_logical_constraint(h, ACTIVATION_AXES)
     x = AdaLayerNorm(self.num_embeds_ada_norm, name="norm2", **kw)(h, t, cond)
     h = h + Attention(kv_axis="text_embed", name="attn2", **attn)(
-        x, text_states, key_mask=text_mask, bias=cross_attention_bias, deterministic=deterministic)
+        x, text_states, key_mask=text_mask, bias=cross_attention_bias, deterministic=deterministic,
+        scaled_bias=scaled_bias)
     h = nn.with_logical_constraint(h, ACTIVATION_AXES)
     x = layer_norm(name="norm3", **kw)(h)
     if self.mlp_type == "fc":
@@ -132,7 +135,8 @@ class Text2ImageTransformer(nn.Module):
   @nn.compact
   def __call__(self, x_t: jax.Array, t: jax.Array, text_states: jax.Array,
                text_mask: jax.Array | None = None, cross_attention_bias: jax.Array | None = None,
-               deterministic: bool = True, global_cond: jax.Array | None = None) -> jax.Array:
+               deterministic: bool = True, global_cond: jax.Array | None = None,
+               scaled_cross_attention_bias: jax.Array | None = None) -> jax.Array:
     """Predicts log p(x0 | x_t).
 
     Args:
@@ -145,22 +149,22 @@ class Text2ImageTransformer(nn.Module):
       global_cond: [B, global_cond_dim] float, projected (``global_cond_proj``, zero-initialised) to
         the model width and added to every AdaLN's timestep embedding. None reads as zeros (the
         projection's bias alone). Only with ``global_cond_dim > 0``.
+      scaled_cross_attention_bias: [B|1, H|1, N, L], added to the cross-attention logits of every
+        block after multiplication by the example's largest logit (paint-with-words; see
+        ``vqd_jax.layers.dot_product_attention``).
 
     Returns:
       [B, N, K] float32 log-probabilities over the K codes (never [MASK]).
     """
-    t = self._check_inputs(x_t, t, text_states, text_mask, cross_attention_bias)
+    t = self._check_inputs(x_t, t, text_states, text_mask)
+    cross_attention_bias = self._check_bias(cross_attention_bias, text_states, "cross_attention_bias")
+    scaled_bias = self._check_bias(scaled_cross_attention_bias, text_states,
+                                   "scaled_cross_attention_bias")
     global_cond = self._check_global_cond(global_cond, x_t.shape[0])
     width = self.num_heads * self.head_dim
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p = self.patch_size
     grid = patches.check_patch_grid(self.height, self.width, p)
-    if cross_attention_bias is not None:
-      # One query per block: the block's tokens share its attention, so their biases are averaged
-      # (the identity when p = 1).
-      cross_attention_bias = patches.to_patches(
-          jnp.moveaxis(cross_attention_bias, 2, 1), self.height, self.width, p).mean(2)
-      cross_attention_bias = jnp.moveaxis(cross_attention_bias, 1, 2)
     h = LatentImageEmbedding(self.num_classes + 1, self.height, self.width, width,
                              position_init=self.position_init, patch_size=p,
                              name="latent_image_embedding", **kw)(x_t)
@@ -180,7 +184,8 @@ class Text2ImageTransformer(nn.Module):
       h = block_cls(self.num_heads, self.head_dim, self.num_embeds_ada_norm, self.mlp_ratio,
                     self.dropout, self.mlp_type, grid, self.relative_position_bias,
                     name=f"transformer_blocks_{i}", **kw)(
-                        h, t, text_states, text_mask, cross_attention_bias, deterministic, cond)
+                        h, t, text_states, text_mask, cross_attention_bias, deterministic, cond,
+                        scaled_bias)
       h = gradient_fence(h)
     h = layer_norm(name="norm_out", **kw)(h)
     logits = dense(self.num_classes * p * p, ("embed", "vocab"), name="out", **kw)(h)
@@ -204,7 +209,7 @@ class Text2ImageTransformer(nn.Module):
                        f"{global_cond.shape}.")
     return global_cond
 
-  def _check_inputs(self, x_t, t, text_states, text_mask, bias) -> jax.Array:
+  def _check_inputs(self, x_t, t, text_states, text_mask) -> jax.Array:
     if x_t.ndim != 2 or x_t.shape[1] != self.num_tokens:
       raise ValueError(f"x_t must be [batch, {self.num_tokens}] image tokens (height {self.height} × "
                        f"width {self.width}), got shape {x_t.shape}.")
@@ -225,11 +230,21 @@ class Text2ImageTransformer(nn.Module):
     if text_mask is not None and text_mask.shape != (batch, length):
       raise ValueError(f"text_mask must be [{batch}, {length}] like text_states, got "
                        f"{text_mask.shape}.")
-    if bias is not None:
-      expected = (batch, self.num_heads, self.num_tokens, length)
-      ok = bias.ndim == 4 and all(b in (1, e) for b, e in zip(bias.shape, expected)) and \
-          bias.shape[2:] == expected[2:]
-      if not ok:
-        raise ValueError(f"cross_attention_bias must broadcast as [{batch} or 1, {self.num_heads} or "
-                         f"1, {self.num_tokens}, {length}], got {bias.shape}.")
     return t
+
+  def _check_bias(self, bias: jax.Array | None, text_states: jax.Array, name: str
+                  ) -> jax.Array | None:
+    """A [B|1, H|1, N, L] cross-attention bias checked and averaged to the patch grid [.., M, L]."""
+    if bias is None:
+      return None
+    batch, length = text_states.shape[:2]
+    expected = (batch, self.num_heads, self.num_tokens, length)
+    if not (bias.ndim == 4 and all(b in (1, e) for b, e in zip(bias.shape, expected))
+            and bias.shape[2:] == expected[2:]):
+      raise ValueError(f"{name} must broadcast as [{batch} or 1, {self.num_heads} or 1, "
+                       f"{self.num_tokens}, {length}], got {bias.shape}.")
+    # One query per patch: the patch's tokens share its attention, so their biases are averaged
+    # (the identity when patch_size = 1).
+    bias = patches.to_patches(jnp.moveaxis(bias, 2, 1), self.height, self.width,
+                              self.patch_size).mean(2)
+    return jnp.moveaxis(bias, 1, 2)
