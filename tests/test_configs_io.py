@@ -137,4 +137,10 @@ def test_quickstart_checks_both_stages_overrides_before_training(tmp_path, capsy
   with pytest.raises(SystemExit):
     quickstart.main(["--workdir", workdir, "--config.train.num_steps=5"])
   assert "--vqvae.<field>=<value> or --diffusion.<field>=<value>" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    quickstart.main(["--workdir", workdir, "--model", "ar", "--diffusion.train.num_steps=5"])
+  assert "--diffusion. overrides do not apply to --model ar" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    quickstart.main(["--workdir", workdir, "--model", "ctf", "--fine.train.num_stepz=5"])
+  assert "config.train has no field 'num_stepz'" in capsys.readouterr().err
   assert not os.path.exists(workdir)

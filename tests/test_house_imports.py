@@ -16,7 +16,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "vqd_jax"
 CLI_MODULES = tuple(f"vqd_jax.{name}" for name in (
     "train", "sample", "encode", "evaluate", "bench", "convert", "quickstart")) + (
         "vqd_jax.benchmarks",)
-PURE_CORES = ("layers", "diffusion", "transformer", "vqvae", "text")
+PURE_CORES = ("layers", "diffusion", "transformer", "autoregressive", "ctf", "vqvae", "text")
 # What each part of the package may not import (a module or anything under it).
 FORBIDDEN = {
     **{core: ("vqd_jax.training", "vqd_jax.data", "vqd_jax.inference", "vqd_jax.interop")

@@ -43,7 +43,7 @@ def test_scaled_bias_attention_matches_float64_reference():
   b, nq, nk, h, d = 3, 6, 5, 2, 4
   q, k, v = (rng.standard_normal((b, n, h, d)).astype(np.float32) for n in (nq, nk, nk))
   key_mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 1, 1, 0]], bool)
-  scaled_bias = rng.uniform(0, 2, (b, 1, nq, nk)).astype(np.float32)
+  scaled_bias = rng.uniform(-2, 2, (b, 1, nq, nk)).astype(np.float32)  # painted maps are signed
   got = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
                               jnp.asarray(key_mask), scaled_bias=jnp.asarray(scaled_bias))
   np.testing.assert_allclose(got, _reference_attention(q, k, v, key_mask, scaled_bias), atol=2e-5)
@@ -137,11 +137,21 @@ def test_paint_weights_layout_and_errors():
   tok = _word_tokenizer()
   box = np.zeros((4, 4), bool)
   box[:2, :2] = True
-  w = paint_lib.paint_weights(tok, ["a small red circle", "a large red square"],
-                              [{"red circle": box}, {}], 2, 2, weight=3.0)
+  prompts, paint = ["a small red circle", "a large red square"], [{"red circle": box}, {}]
+  w = paint_lib.paint_weights(tok, prompts, paint, 2, 2, weight=3.0, outside=0.0)
   assert w.shape == (2, 4, 16)
   np.testing.assert_array_equal(w[0][:, [3, 4]], [[3, 3], [0, 0], [0, 0], [0, 0]])
   assert w[0].sum() == 6 and not w[1].any()
+  # Outside the mask the phrase's columns are pushed down: mask − outside · (1 − mask), times w.
+  grey = np.zeros((4, 4), np.float32)
+  grey[:2, :2], grey[:2, 2:] = 1.0, 0.5
+  w = paint_lib.paint_weights(tok, prompts, [{"red circle": grey}, {}], 2, 2, weight=3.0,
+                              outside=0.5)
+  expected = 3.0 * np.array([1.0, 0.5 - 0.5 * 0.5, -0.5, -0.5])
+  np.testing.assert_allclose(w[0][:, [3, 4]], np.stack([expected] * 2, 1))
+  assert np.count_nonzero(w[0]) == 8 and not w[1].any()
+  with pytest.raises(ValueError, match="paint_outside"):
+    paint_lib.paint_weights(tok, prompts, paint, 2, 2, outside=-1.0)
   with pytest.raises(ValueError, match="empty on the 2x2 token grid"):
     paint_lib.paint_weights(tok, ["a red circle"], {"red": np.zeros((4, 4))}, 2, 2)
   with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
@@ -215,6 +225,7 @@ def test_sample_command_paints_and_explains_bad_flags(tiny_run, tmp_path):
   with open(os.path.join(out, "samples.jsonl"), encoding="utf-8") as f:
     records = [json.loads(line) for line in f]
   assert records[0]["paint"] == {"red circle": str(mask)} and records[0]["paint_weight"] == 2.0
+  assert records[0]["paint_outside"] == 1.0
   empty = tmp_path / "empty.png"
   Image.fromarray(np.zeros((4, 4), np.uint8)).save(empty)
   for flags, message in [
@@ -222,6 +233,7 @@ def test_sample_command_paints_and_explains_bad_flags(tiny_run, tmp_path):
       (["--paint", "red circle=nowhere.png"], "is not a file"),
       (["--paint", f"blue square={mask}"], "does not occur in the prompt"),
       (["--paint", f"red={empty}"], "is empty"),
-      (["--paint", f"red={mask}", "--paint-weight", "-1"], "paint_weight must be")]:
+      (["--paint", f"red={mask}", "--paint-weight", "-1"], "paint_weight must be"),
+      (["--paint", f"red={mask}", "--paint-outside", "nan"], "paint_outside must be")]:
     with pytest.raises(SystemExit, match=message):
       sample.main(args + flags)

@@ -4,6 +4,7 @@
   python -m vqd_jax.bench train   [--help]   train-step steps/s, tokens/s, FLOP/s and MFU
   python -m vqd_jax.bench memory  [--help]   per-device bytes of a compiled train step on a mesh
   python -m vqd_jax.bench sample --vs-diffusers [--help]   full pipeline images/s vs diffusers
+  python -m vqd_jax.bench models  [--help]   VQD, AR, CTF, CTF-VQD: images/s and FLOPs per image
   python -m vqd_jax.bench suite   [--help]   all of the above as the README reports them
 """
 
@@ -18,6 +19,7 @@ _COMMANDS = {
     "train": "vqd_jax.benchmarks.train",
     "memory": "vqd_jax.benchmarks.memory",
     "sample": "vqd_jax.benchmarks.sample_vs_diffusers",
+    "models": "vqd_jax.benchmarks.models",
     "suite": "vqd_jax.benchmarks.suite",
 }
 

@@ -15,7 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 
-from vqd_jax import diffusion, text, transformer, vqvae
+from vqd_jax import autoregressive, diffusion, text, transformer, vqvae
 from vqd_jax.transformer import fields as fields_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -56,6 +56,15 @@ def autoencoder(config: ml_collections.ConfigDict) -> vqvae.VQAutoencoder:
                              usage_decay=float(loss.usage_decay), dtype=compute_dtype(m.dtype))
 
 
+def num_classes(config: ml_collections.ConfigDict, num_codes: int) -> int:
+  """Classes a token model's run predicts: CTF's coarse labels for a first stage
+  (``config.ctf.num_clusters``), else the autoencoder's ``num_codes``."""
+  c = config.get("ctf")
+  if c is not None and c.num_clusters and config.stage != "ctf_fine":
+    return int(c.num_clusters)
+  return num_codes
+
+
 def process(config: ml_collections.ConfigDict, num_codes: int) -> diffusion.MaskAndReplace:
   """The mask-and-replace process of a diffusion config over ``num_codes`` codes."""
   d = config.diffusion
@@ -91,6 +100,28 @@ def denoiser(config: ml_collections.ConfigDict, num_codes: int, grid: tuple[int,
   return transformer.Text2ImageTransformer(
       num_classes=num_codes, height=grid[0], width=grid[1],
       num_embeds_ada_norm=config.diffusion.num_timesteps, cross_attention_dim=text_width,
+      dtype=compute_dtype(config.model.dtype), **model_fields)
+
+
+# ARTransformer fields the run derives, or that belong to one use of the class.
+_AR_DERIVED = {"num_classes": "the autoencoder's codebook size (or config.ctf.num_clusters)",
+               "height": "the image size over the autoencoder's downsampling",
+               "width": "the image size over the autoencoder's downsampling",
+               "cross_attention_dim": "the text encoder's width",
+               "causal": "the stage", "input_classes": "the stage", "decode": "the sampler",
+               "param_dtype": "the trainer (parameters stay float32)"}
+
+
+def ar_model(config: ml_collections.ConfigDict, num_classes: int, grid: tuple[int, int],
+             text_width: int, *, input_classes: int = 0) -> autoregressive.ARTransformer:
+  """The token model of an ``ar`` config (``input_classes > 0``: the non-causal map from that
+  many input labels, CTF's fine predictor)."""
+  fields_lib.check_config_fields(config.model.keys(), autoregressive.ARTransformer,
+                                 derived=_AR_DERIVED)
+  model_fields = {k: v for k, v in config.model.items() if k != "dtype"}
+  return autoregressive.ARTransformer(
+      num_classes=num_classes, height=grid[0], width=grid[1], cross_attention_dim=text_width,
+      causal=not input_classes, input_classes=input_classes,
       dtype=compute_dtype(config.model.dtype), **model_fields)
 
 

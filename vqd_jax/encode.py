@@ -7,11 +7,15 @@ Reads the images named by the diffusion config's ``data`` section, encodes them 
 autoencoder and writes array_record token records (``tokens`` int32 ``[h*w]`` and ``caption``) that
 ``data.source='tokens'`` reads. Config fields are overridden as in ``python -m vqd_jax.train``, e.g.
 ``--config.data.source=folder --config.data.path=DIR``.
+
+``--coarse-clusters C`` also writes CTF's code -> cluster table (k-means of the autoencoder's
+codebook, ``coarse_table.json``) beside the records, for ``configs/ctf.py`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -49,6 +53,10 @@ def encode_dataset(vq, data_cfg, out: str, *, num_examples: int | None = None,
             yield {"tokens": c, "caption": r["caption"]}
         bar.update(len(idx))
 
+  from vqd_jax import ctf  # pylint: disable=import-outside-toplevel
+  stale = os.path.join(out, ctf.COARSE_TABLE_FILE)
+  if os.path.exists(stale):  # it described the codes being replaced
+    os.remove(stale)
   written = data_lib.write_token_records(out, records())
   return {"examples": int(written), "requested": int(total)}
 
@@ -64,7 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
                  help="Encode only the first N examples (the shapes source is effectively "
                       "unbounded, so set it there).")
   p.add_argument("--batch-size", type=int, default=256, help="Images per encoder call.")
+  p.add_argument("--coarse-clusters", type=int, default=0,
+                 help="Also cluster the codebook into this many coarse labels (CTF) and write "
+                      "the code -> cluster table beside the records (default 0: none).")
+  p.add_argument("--coarse-balanced", action="store_true",
+                 help="Equal-size clusters (the codebook size must be a multiple of C).")
+  p.add_argument("--coarse-seed", type=int, default=0, help="Seed of the k-means.")
   return p
+
+
+def write_coarse_table(vq, out: str, num_clusters: int, balanced: bool = False,
+                       seed: int = 0) -> float:
+  """Clusters ``vq``'s codebook and writes the table into ``out``; returns the inertia."""
+  from vqd_jax import ctf  # pylint: disable=import-outside-toplevel
+  result = ctf.kmeans(vq.codebook, num_clusters, seed=seed, balanced=balanced)
+  ctf.save_coarse_table(out, result.labels, num_clusters=num_clusters, balanced=balanced,
+                        seed=seed, inertia=result.inertia)
+  return result.inertia
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,8 +102,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(str(e))
   t0 = time.perf_counter()
   vq = load_autoencoder(args.vqvae_workdir)
+  if args.coarse_clusters and not 1 <= args.coarse_clusters <= vq.num_codes:
+    parser.error(f"--coarse-clusters must be between 1 and the {vq.num_codes} codes, got "
+                 f"{args.coarse_clusters}.")
+  if args.coarse_balanced and args.coarse_clusters and vq.num_codes % args.coarse_clusters:
+    parser.error(f"--coarse-balanced needs the {vq.num_codes} codes to split evenly into "
+                 f"--coarse-clusters {args.coarse_clusters}; pick a divisor.")
   stats = encode_dataset(vq, config.data, args.out, num_examples=args.num_examples,
                          batch_size=args.batch_size)
+  if args.coarse_clusters:
+    try:
+      inertia = write_coarse_table(vq, args.out, args.coarse_clusters, args.coarse_balanced,
+                                   args.coarse_seed)
+    except ValueError as e:
+      parser.error(str(e))
+    print(f"Coarse labels: {args.coarse_clusters} clusters of the {vq.num_codes} codes "
+          f"(inertia {inertia:.4g}).")
   print(f"Encoded {stats['examples']} of {stats['requested']} examples into {args.out} in "
         f"{time.perf_counter() - t0:.1f}s.")
   return 0

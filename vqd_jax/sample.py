@@ -11,6 +11,12 @@ r"""Generates images from text prompts with a trained vqd_jax run or a pretraine
   python -m vqd_jax.sample --workdir runs/quickstart/diffusion --prompt "a large red circle" \
       --paint "large red circle=top_left.png" --paint-weight 0.5 --out samples/
 
+  # An autoregressive run (configs/ar.py), and CTF's two stages (configs/ctf.py):
+  python -m vqd_jax.sample --workdir runs/ar --prompt "a large red circle" --temperature 1 \
+      --top-k 0 --guidance 2 --out samples/
+  python -m vqd_jax.sample --workdir runs/ctf_fine --coarse-workdir runs/ctf_coarse \
+      --prompt "a large red circle" --temperature 1.1 --fine-temperature 1.1 --out samples/
+
   # Inpainting: keep the image outside the mask (white = regenerate), resample the rest.
   python -m vqd_jax.sample --pretrained vq-diffusion-ithq --prompt "a red ball" \
       --init-image photo.png --mask mask.png --out samples/
@@ -39,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   model = p.add_mutually_exclusive_group(required=True)
   model.add_argument("--workdir",
-                     help="Workdir of a trained diffusion run (python -m vqd_jax.train ...).")
+                     help="Workdir of a trained diffusion or AR run, or CTF's fine stage (python "
+                          "-m vqd_jax.train ...); the run's own sampling settings are the "
+                          "defaults.")
   model.add_argument("--pretrained",
                      help="Local diffusers VQ-Diffusion folder (model_index.json, vqvae/, "
                           "transformer/, text_encoder/, tokenizer/, scheduler/ ...), or one "
@@ -78,6 +86,35 @@ def build_parser() -> argparse.ArgumentParser:
                       "added to the painted tokens' logits, f(t) = log(1 + odds that a token is "
                       "masked at step t) (default 0.5, best measured on the quickstart run; "
                       "larger moves objects harder and loses more of them).")
+  p.add_argument("--paint-outside", type=float, default=1.0,
+                 help="The same bias times minus this on a phrase's tokens outside its mask "
+                      "(default 1: pushed away from unpainted regions; 0: eDiff-I's rule, "
+                      "inside only).")
+  ar = p.add_argument_group("AR runs (configs/ar.py)")
+  ar.add_argument("--temperature", type=float, default=None,
+                  help="Divide the logits by this before drawing each token (default: the run's "
+                       "sampling.temperature).")
+  ar.add_argument("--top-k", type=int, default=None,
+                  help="Draw each token from the k most likely codes (0 = all; default: the "
+                       "run's sampling.top_k).")
+  ar.add_argument("--top-p", type=float, default=None,
+                  help="Draw each token from the smallest set of codes holding this much "
+                       "probability (1 = all; default: the run's sampling.top_p).")
+  ar.add_argument("--no-cache", action="store_true",
+                  help="Recompute the whole prefix at every position instead of using the "
+                       "key-value cache (same images, N times the compute).")
+  fine = p.add_argument_group("CTF (configs/ctf.py): --workdir is the fine stage")
+  fine.add_argument("--coarse-workdir",
+                    help="The first stage's run (coarse labels: AR or diffusion); its flags above "
+                         "(--temperature ... or --steps ...) set how it samples.")
+  fine.add_argument("--fine-temperature", type=float, default=None,
+                    help="τ₂: divide the fine predictor's logits by this (default: the fine run's "
+                         "sampling.fine_temperature).")
+  fine.add_argument("--fine-top-k", type=int, default=None,
+                    help="Draw each code from its k most likely (0 = all; default: the run's).")
+  fine.add_argument("--fine-guidance", type=float, default=None,
+                    help="Classifier-free guidance of the fine predictor (1 = off; default: the "
+                         "run's sampling.fine_guidance_scale).")
   p.add_argument("--seed", type=int, default=0, help="Random seed; same seed, same images.")
   p.add_argument("--batch-size", type=int, default=64, help="Images generated per device call.")
   p.add_argument("--step", type=int, default=None,
@@ -99,11 +136,11 @@ def read_prompts(args) -> list[str]:
 
 
 def generate_to_folder(pipe, prompts: Sequence[str], out: str, *, num_samples: int, settings,
-                       seed: int, batch_size: int = 64, init_image=None, inpaint_mask=None,
-                       paint=None, paint_weight: float = 0.5,
-                       extra_info: dict | None = None) -> list[dict]:
-  """Samples ``num_samples`` images per prompt with ``pipe`` (a ``VQDiffusionPipeline``) into
-  ``out``; returns the samples.jsonl records."""
+                       seed: int, batch_size: int = 64, extra_info: dict | None = None,
+                       **generate_kwargs) -> list[dict]:
+  """Samples ``num_samples`` images per prompt with ``pipe`` (a ``VQDiffusionPipeline`` or an
+  ``ARPipeline``; ``generate_kwargs`` go to its ``generate``, e.g. ``paint=``) into ``out``;
+  returns the samples.jsonl records."""
   import jax  # pylint: disable=import-outside-toplevel
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   from vqd_jax import images as images_lib  # pylint: disable=import-outside-toplevel
@@ -118,7 +155,7 @@ def generate_to_folder(pipe, prompts: Sequence[str], out: str, *, num_samples: i
       # Pad the last chunk to the batch size so every call reuses one compiled program.
       padded = chunk + [chunk[-1]] * (batch_size - len(chunk)) if len(jobs) > batch_size else chunk
       imgs = pipe.generate(pipe.params, [p for p, _ in padded], jax.random.fold_in(key, start),
-                           settings, init_image, inpaint_mask, paint, paint_weight)[:len(chunk)]
+                           settings, **generate_kwargs)[:len(chunk)]
       for (prompt, i), img in zip(chunk, imgs):
         name = f"{len(records):05d}.png"
         images_lib.save_png(os.path.join(out, name), img)
@@ -171,7 +208,10 @@ def load_pipeline(args):
                 "purity_weight": None}
     source = {"pretrained": args.pretrained}
   else:
-    pipe = VQDiffusionPipeline.from_run(args.workdir, step=args.step, use_ema=not args.no_ema)
+    try:
+      pipe = VQDiffusionPipeline.from_run(args.workdir, step=args.step, use_ema=not args.no_ema)
+    except ValueError as e:
+      raise SystemExit(str(e)) from e
     defaults = pipe.sampling_defaults
     source = {"checkpoint_step": pipe.checkpoint_step}
   given = {"num_steps": args.steps, "guidance_scale": args.guidance,
@@ -191,23 +231,103 @@ def load_pipeline(args):
   return pipe, settings, init, mask, dict(source, init_image=args.init_image, mask=args.mask)
 
 
+DIFFUSION_ONLY = ("steps", "truncation", "purity", "init_image", "mask", "start_t", "paint")
+AR_ONLY = ("temperature", "top_k", "top_p", "no_cache")
+CTF_ONLY = ("fine_temperature", "fine_top_k", "fine_guidance")
+EDITING = ("init_image", "mask", "start_t", "paint")
+
+
+def _flags_set(args, names) -> list[str]:
+  return ["--" + n.replace("_", "-") for n in names if getattr(args, n) not in (None, False, [])]
+
+
+def load_ar_pipeline(args):
+  """``(pipeline, settings, record fields)`` for an AR run."""
+  from vqd_jax.inference.ar_pipeline import ARPipeline  # pylint: disable=import-outside-toplevel
+  if _flags_set(args, DIFFUSION_ONLY):
+    raise SystemExit(f"{args.workdir} is an AR run: {', '.join(_flags_set(args, DIFFUSION_ONLY))} "
+                     "apply to diffusion runs only.")
+  try:
+    pipe = ARPipeline.from_run(args.workdir, step=args.step, use_ema=not args.no_ema)
+  except ValueError as e:
+    raise SystemExit(str(e)) from e
+  try:
+    settings = pipe.settings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             guidance_scale=args.guidance,
+                             use_cache=False if args.no_cache else None)
+  except ValueError as e:
+    raise SystemExit(f"{e} (flags: --temperature, --top-k, --top-p, --guidance)") from e
+  return pipe, settings, {"checkpoint_step": pipe.checkpoint_step, "stage": "ar"}
+
+
+def load_ctf_pipeline(args):
+  """``(pipeline, settings, record fields)`` for CTF's two runs."""
+  from vqd_jax.inference.ctf_pipeline import CTFPipeline  # pylint: disable=import-outside-toplevel
+  if not args.workdir:
+    raise SystemExit("--coarse-workdir goes with --workdir FINE_RUN (the fine stage).")
+  if _flags_set(args, EDITING):
+    raise SystemExit(f"{', '.join(_flags_set(args, EDITING))} do not apply to CTF runs.")
+  try:
+    pipe = CTFPipeline.from_runs(args.coarse_workdir, args.workdir, use_ema=not args.no_ema)
+  except ValueError as e:
+    raise SystemExit(f"{e} (flags: --workdir, --coarse-workdir)") from e
+  ar_stage = pipe.coarse_run.config.stage == "ar"
+  wrong = _flags_set(args, ("steps", "truncation", "purity") if ar_stage else AR_ONLY)
+  if wrong:
+    raise SystemExit(f"{', '.join(wrong)} do not apply to a {pipe.coarse_run.config.stage} "
+                     "first stage.")
+  coarse = (dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                 use_cache=False if args.no_cache else None) if ar_stage
+            else dict(num_steps=args.steps, truncation_rate=args.truncation,
+                      purity_weight=args.purity))
+  fine = dict(temperature=args.fine_temperature, top_k=args.fine_top_k,
+              guidance_scale=args.fine_guidance)
+  try:
+    settings = pipe.settings(fine=fine, guidance_scale=args.guidance, **coarse)
+  except ValueError as e:
+    raise SystemExit(f"{e} (flags: the sampling flags of both stages)") from e
+  return pipe, settings, {"checkpoint_step": list(pipe.checkpoint_step), "stage": "ctf",
+                          "coarse_workdir": args.coarse_workdir}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   cpu_devices.configure()  # before jax is imported
   prompts = read_prompts(args)
-  paint = parse_paint(args.paint)
   t0 = time.perf_counter()
-  pipe, settings, init, mask, extra = load_pipeline(args)
-  if paint:
-    try:  # every phrase, mask and the weight checked before any sampling
-      pipe.paint_weights(prompts, paint, args.paint_weight)
-    except ValueError as e:
-      raise SystemExit(f"{e} (flags: --paint, --paint-weight)") from e
-    extra = dict(extra, paint=paint, paint_weight=args.paint_weight)
+  from vqd_jax.inference.loading import run_stage  # pylint: disable=import-outside-toplevel
+  stage = run_stage(args.workdir) if args.workdir else None
+  if args.coarse_workdir or stage == "ctf_fine":
+    if not args.coarse_workdir:
+      raise SystemExit(f"{args.workdir} is CTF's fine stage: give its first stage with "
+                       "--coarse-workdir COARSE_RUN.")
+    pipe, settings, extra = load_ctf_pipeline(args)
+    kwargs = {}
+  elif _flags_set(args, CTF_ONLY):
+    raise SystemExit(f"{', '.join(_flags_set(args, CTF_ONLY))} apply to CTF runs only "
+                     "(--workdir FINE_RUN --coarse-workdir COARSE_RUN).")
+  elif stage == "ar":
+    pipe, settings, extra = load_ar_pipeline(args)
+    kwargs = {}
+  else:
+    if _flags_set(args, AR_ONLY):
+      raise SystemExit(f"{', '.join(_flags_set(args, AR_ONLY))} apply to AR runs only; "
+                       f"{args.workdir or args.pretrained} is a diffusion model.")
+    paint = parse_paint(args.paint)
+    pipe, settings, init, mask, extra = load_pipeline(args)
+    kwargs = dict(init_image=init, inpaint_mask=mask)
+    if paint:
+      try:  # every phrase, mask and the weight checked before any sampling
+        pipe.paint_weights(prompts, paint, args.paint_weight, args.paint_outside)
+      except ValueError as e:
+        raise SystemExit(f"{e} (flags: --paint, --paint-weight, --paint-outside)") from e
+      extra = dict(extra, paint=paint, paint_weight=args.paint_weight,
+                   paint_outside=args.paint_outside)
+      kwargs.update(paint=paint, paint_weight=args.paint_weight,
+                    paint_outside=args.paint_outside)
   records = generate_to_folder(pipe, prompts, args.out, num_samples=args.num_samples,
                                settings=settings, seed=args.seed, batch_size=args.batch_size,
-                               init_image=init, inpaint_mask=mask, paint=paint or None,
-                               paint_weight=args.paint_weight, extra_info=extra)
+                               extra_info=extra, **kwargs)
   print(f"Wrote {len(records)} images, grid.png and samples.jsonl to {args.out} "
         f"in {time.perf_counter() - t0:.1f}s.")
   return 0

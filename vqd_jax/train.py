@@ -1,8 +1,10 @@
-r"""Trains a stage (VQ autoencoder or diffusion denoiser), resuming from the latest checkpoint.
+r"""Trains a stage (VQ autoencoder, diffusion denoiser, AR model, CTF stage), resuming from the
+latest checkpoint.
 
   python -m vqd_jax.train --config configs/vqvae.py:shapes --workdir runs/vq
   python -m vqd_jax.train --config configs/diffusion.py:shapes --workdir runs/dm \
       --config.vqvae_workdir=runs/vq --config.train.num_steps=5000
+  python -m vqd_jax.train --config configs/ar.py:shapes --workdir runs/ar --config.vqvae_workdir=runs/vq
 
 Any config field can be overridden with ``--config.<field>=<value>``. ``configs/...`` paths are
 found relative to the working directory, else among the configs installed with vqd_jax. Re-running

@@ -37,7 +37,7 @@ def prepare_task(config: ml_collections.ConfigDict, vqvae_config: str | None):
           "no data.source).", file=sys.stderr)
     with config.unlocked():
       config.data.source = "shapes"
-  if config.stage == "diffusion" and not config.vqvae_workdir:
+  if config.stage != "vqvae" and not config.vqvae_workdir:
     from vqd_jax import configs_io  # pylint: disable=import-outside-toplevel
     from vqd_jax.training import vqvae_task  # pylint: disable=import-outside-toplevel
     vq_cfg = configs_io.load_config(vqvae_config or default_vqvae_config(config.data.image_size))

@@ -1,11 +1,12 @@
-"""The one-command benchmark: every figure the README reports, measured in one run.
+"""The one-command device benchmark: every figure that needs an accelerator, in one run.
 
-  python -m vqd_jax.bench suite [--quick] [--out results.jsonl]
+  python -m vqd_jax.bench suite --out DIR [--quick]
 
 Runs each benchmark below in its own process (so each sets up its devices as users run it), prints
-its output as it goes, then a summary table, and writes one JSON line per benchmark to ``--out``.
-A benchmark that fails is reported in the table and does not stop the others. ``--quick`` runs
-small sizes (a CPU smoke run of the suite itself; its figures mean little).
+its output as it goes, then a summary table, and writes ``DIR/suite.json`` (one entry per
+benchmark with its JSON result). A benchmark that fails is reported in the table and does not stop
+the others. Without an accelerator (or with ``--quick``) it runs the same benchmarks at small sizes,
+in about a minute on a CPU: the same code paths, figures that mean little.
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ SUITE: tuple[tuple[str, list[str], list[str]], ...] = (
      ["train", "--config", "configs/diffusion.py:shapes", "--steps", "50"],
      ["train", "--config", "configs/diffusion.py:tiny", "--vqvae-config", "configs/vqvae.py:tiny",
       "--steps", "2"]),
-    ("train step, VQ-Diffusion-S bf16 batch 32",
-     ["train", "--config", "configs/diffusion.py:S", "--config.model.dtype=bfloat16",
-      "--steps", "20"],
-     []),
+    ("train step, VQ-Diffusion-B bf16 remat batch 64",
+     ["train", "--config", "configs/diffusion.py:B", "--config.model.dtype=bfloat16",
+      "--steps", "10"],
+     ["train", "--config", "configs/ar.py:tiny", "--vqvae-config", "configs/vqvae.py:tiny",
+      "--steps", "2"]),
+    ("models at the paper's scale (S, 32x32 tokens), random weights",
+     ["models", "--scale", "S", "--batch-sizes", "1,32", "--full"],
+     ["models", "--scale", "tiny", "--batch-sizes", "1,4"]),
     ("pipeline, VQ-Diffusion-S 50 steps B=8, vs diffusers",
      ["sample", "--vs-diffusers", "--preset", "S", "--steps", "50", "--batch-size", "8",
       "--repeats", "2"],
@@ -43,8 +48,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m vqd_jax.bench suite", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--quick", action="store_true",
-                 help="Small sizes, for checking that the suite runs (figures mean little).")
-  p.add_argument("--out", default=None, help="Write one JSON line per benchmark to this file.")
+                 help="Small sizes, for checking that the suite runs (figures mean little); the "
+                      "default without an accelerator.")
+  p.add_argument("--out", default=None, help="Folder for suite.json (created if missing).")
   p.add_argument("--only", default=None,
                  help="Run only the benchmarks whose name contains this text.")
   return p.parse_args(argv)
@@ -72,9 +78,13 @@ def run_one(args: list[str]) -> tuple[int, str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parse(argv)
+  import jax  # pylint: disable=import-outside-toplevel
+  quick = args.quick or jax.default_backend() == "cpu"
+  if quick and not args.quick:
+    print("No accelerator: the suite's small sizes (figures mean little).", flush=True)
   rows = []
-  for name, full, quick in SUITE:
-    bench_args = quick if args.quick else full
+  for name, full, small in SUITE:
+    bench_args = small if quick else full
     if not bench_args or (args.only and args.only not in name):
       continue
     print(f"\n=== {name}: python -m vqd_jax.bench {' '.join(bench_args)}", flush=True)
@@ -89,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = "ok" if row["ok"] else f"FAILED: {row['error']}"
     print(f"{row['name']:<55} {row['seconds']:>7.1f} s  {status}")
   if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row) + "\n")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "suite.json"), "w", encoding="utf-8") as f:
+      json.dump({"backend": jax.default_backend(), "quick": quick, "benchmarks": rows}, f,
+                indent=2)
   return 0 if all(r["ok"] for r in rows) else 1

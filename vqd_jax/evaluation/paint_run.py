@@ -25,7 +25,7 @@ def run_settings(pipe) -> Any:
                                      d.get("purity_weight"))
 
 
-def _sample(pipe, tasks, weight, settings, seed, batch_size, resolution) -> np.ndarray:
+def _sample(pipe, tasks, weight, outside, settings, seed, batch_size, resolution) -> np.ndarray:
   import jax  # pylint: disable=import-outside-toplevel
   out = []
   for start in range(0, len(tasks), batch_size):
@@ -34,7 +34,7 @@ def _sample(pipe, tasks, weight, settings, seed, batch_size, resolution) -> np.n
     paint = [{p: paint_eval.box_mask(b, resolution) for p, b in t.boxes.items()} for t in chunk]
     images = pipe.generate(pipe.params, [t.prompt for t in chunk],
                            jax.random.fold_in(jax.random.key(seed), start), settings,
-                           paint=paint, paint_weight=weight)
+                           paint=paint, paint_weight=weight, paint_outside=outside)
     out.append(images[:len(tasks) - start])
   return np.concatenate(out)
 
@@ -80,10 +80,12 @@ def run(args) -> int:
   tasks = [paint_eval.make_task(p, rng, resolution)
            for p in shapes_eval.heldout_prompts(args.num_prompts, resolution)]
   report = {"workdir": args.workdir, "checkpoint_step": pipe.checkpoint_step,
-            "num_prompts": len(tasks), "settings": pipe.sampling_defaults, "weights": {}}
+            "num_prompts": len(tasks), "settings": pipe.sampling_defaults,
+            "paint_outside": args.outside, "weights": {}}
   results = {}
   for weight in [0.0] + weights:
-    results[weight] = _sample(pipe, tasks, weight, settings, args.seed, args.batch_size, resolution)
+    results[weight] = _sample(pipe, tasks, weight, args.outside, settings, args.seed,
+                              args.batch_size, resolution)
     report["weights"][str(weight)] = row = _summary(tasks, results[weight])
     print(f"weight {weight:g}: " + "; ".join(
         f"{k} inside {v['inside'][0]:.3f} ± {v['inside'][1]:.3f}, shapes score "

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vqd_jax import vqvae
 
@@ -33,6 +34,11 @@ class FrozenAutoencoder:
   @property
   def downsample_factor(self) -> int:
     return int(self.model.downsample_factor)
+
+  @property
+  def codebook(self) -> np.ndarray:
+    """The code vectors ``[K, D]`` float32."""
+    return np.asarray(self.params["quantize"]["embedding"], np.float32)
 
   def token_grid(self, image_size: int) -> tuple[int, int]:
     """``(h, w)`` of the codes of ``image_size`` x ``image_size`` images."""

@@ -2,7 +2,10 @@
 
 eDiff-I's training-free layout control carried over to the token denoiser. A user paints a mask per
 phrase; the mask is averaged by area onto the token grid; every text token of the phrase (all
-occurrences in the prompt) gets the mask as its column of a ``[N, L]`` weight map. The sampler adds
+occurrences in the prompt) gets ``mask − outside · (1 − mask)`` as its column of a ``[N, L]`` weight
+map: drawn towards the painted region and, beyond eDiff-I's rule (``outside=0``), away from the
+rest of the image, which moved more objects into their boxes at a smaller cost in quality
+(docs/experiments.md, 2026-12-05). The sampler adds
 ``weight · f(t) · max(QKᵀ/√d) · map`` to the cross-attention logits of every block, in the
 conditional rows only (``vqd_jax.inference.generate.paint_bias``; the null rows of guidance get
 none), so it costs no extra forward pass.
@@ -22,6 +25,8 @@ from PIL import Image
 
 # Measured best on the quickstart run (docs/experiments.md, 2026-12-05); a model's own best varies.
 DEFAULT_PAINT_WEIGHT = 0.5
+# The phrase's pull away from unpainted positions, relative to its pull into the mask (0: eDiff-I).
+DEFAULT_PAINT_OUTSIDE = 1.0
 
 # A phrase -> mask mapping; a mask is a PNG path, a PIL image or an array (white = painted).
 Paint = Mapping[str, Any]
@@ -106,7 +111,8 @@ def phrase_positions(tokenizer: Any, prompt: str, phrase: str) -> list[int]:
 
 
 def paint_weights(tokenizer: Any, prompts: Sequence[str], paint: PaintSpec, height: int,
-                  width: int, weight: float = DEFAULT_PAINT_WEIGHT) -> np.ndarray:
+                  width: int, weight: float = DEFAULT_PAINT_WEIGHT,
+                  outside: float = DEFAULT_PAINT_OUTSIDE) -> np.ndarray:
   """The ``[B, N, L]`` paint map (N = height·width tokens, L = the tokenizer's length).
 
   Args:
@@ -115,12 +121,15 @@ def paint_weights(tokenizer: Any, prompts: Sequence[str], paint: PaintSpec, heig
     paint: one ``{phrase: mask}`` for every prompt, or a list of B of them (``{}``: none).
     height, width: the token grid.
     weight: the user's strength w (0 turns painting off); masks sum where phrases overlap.
+    outside: the phrase's column is ``mask − outside · (1 − mask)`` (0: positive inside only).
 
   Raises:
     ValueError: a phrase missing from its prompt, an unreadable or empty mask, a bad weight.
   """
   if not np.isfinite(weight) or weight < 0:
     raise ValueError(f"paint_weight must be a finite number >= 0, got {weight}.")
+  if not np.isfinite(outside) or outside < 0:
+    raise ValueError(f"paint_outside must be a finite number >= 0, got {outside}.")
   per_prompt = [paint] * len(prompts) if isinstance(paint, Mapping) else list(paint)
   if len(per_prompt) != len(prompts):
     raise ValueError(f"paint needs one {{phrase: mask}} for all prompts or one per prompt: got "
@@ -132,5 +141,6 @@ def paint_weights(tokenizer: Any, prompts: Sequence[str], paint: PaintSpec, heig
       if not grid.any():
         raise ValueError(f"The paint mask of {phrase!r} is empty on the {height}x{width} token "
                          "grid; paint the region white (grey for partial strength).")
-      out[row][:, phrase_positions(tokenizer, prompt, phrase)] += grid[:, None]
+      column = grid - outside * (1.0 - grid)
+      out[row][:, phrase_positions(tokenizer, prompt, phrase)] += column[:, None]
   return weight * out

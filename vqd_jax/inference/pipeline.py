@@ -40,7 +40,7 @@ from vqd_jax import diffusion, text
 from vqd_jax.inference import paint as paint_lib
 from vqd_jax.inference import settings as settings_lib
 from vqd_jax.inference.generate import TokenGenerator
-from vqd_jax.inference.loading import load_diffusion_run
+from vqd_jax.inference.loading import load_diffusion_run, refuse_coarse_stage
 from vqd_jax.interop import diffusers_pipeline as layout
 from vqd_jax.transformer import Text2ImageTransformer
 from vqd_jax.transformer.fields import architecture
@@ -105,6 +105,7 @@ class VQDiffusionPipeline:
     """The pipeline of a trained vqd_jax diffusion run (its conditioner and frozen autoencoder),
     e.g. for inpainting or ``save_pretrained`` (diffusers export)."""
     run = load_diffusion_run(workdir, step=step, use_ema=use_ema)
+    refuse_coarse_stage(run)
     cond = run.conditioner
     pipe = cls(layout.PipelineComponents(
         transformer_fields=architecture(run.generator.denoiser),
@@ -234,29 +235,32 @@ class VQDiffusionPipeline:
   def generate(self, params, prompts: Sequence[str], key: jax.Array,
                settings: diffusion.SamplerConfig, init_image: Any = None,
                inpaint_mask: Any = None, paint: paint_lib.PaintSpec | None = None,
-               paint_weight: float = paint_lib.DEFAULT_PAINT_WEIGHT) -> np.ndarray:
+               paint_weight: float = paint_lib.DEFAULT_PAINT_WEIGHT,
+               paint_outside: float = paint_lib.DEFAULT_PAINT_OUTSIDE) -> np.ndarray:
     """uint8 images ``[B, H, W, 3]`` for ``prompts`` with explicit params, key and settings.
 
     ``init_image`` (uint8 ``[H, W, 3]`` or ``[B, H, W, 3]``) keeps the image's tokens outside
     ``inpaint_mask`` (True = regenerate; default everything) and regenerates the rest from
-    ``settings.start_t``. ``paint`` and ``paint_weight`` as in ``__call__``.
+    ``settings.start_t``. ``paint``, ``paint_weight`` and ``paint_outside`` as in ``__call__``.
     """
     return np.asarray(self._run(params, prompts, key, settings, init_image, inpaint_mask,
-                                paint, paint_weight)[1])
+                                paint, paint_weight, paint_outside)[1])
 
   def paint_weights(self, prompts: str | Sequence[str], paint: paint_lib.PaintSpec,
-                    weight: float = paint_lib.DEFAULT_PAINT_WEIGHT) -> np.ndarray:
+                    weight: float = paint_lib.DEFAULT_PAINT_WEIGHT,
+                    outside: float = paint_lib.DEFAULT_PAINT_OUTSIDE) -> np.ndarray:
     """The ``[B, N, L]`` paint-with-words map of ``paint`` (see ``vqd_jax.inference.paint``)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     return paint_lib.paint_weights(self.conditioner.tokenizer, prompts, paint, *self.token_grid,
-                                   weight=weight)
+                                   weight=weight, outside=outside)
 
   def generate_tokens(self, prompts: str | Sequence[str], seed: int = 0, **kwargs) -> np.ndarray:
     """Codes ``[B, N]`` int32; keyword arguments as in ``__call__``."""
     return np.asarray(self._call(prompts, seed, **kwargs)[0])
 
   def _run(self, params, prompts, key, settings, init_image, inpaint_mask, paint=None,
-           paint_weight=paint_lib.DEFAULT_PAINT_WEIGHT):
+           paint_weight=paint_lib.DEFAULT_PAINT_WEIGHT,
+           paint_outside=paint_lib.DEFAULT_PAINT_OUTSIDE):
     ids, mask = self.tokenize(prompts)
     batch = ids.shape[0]
     if batch == 0:
@@ -272,26 +276,29 @@ class VQDiffusionPipeline:
         regenerate = jnp.asarray(self.token_mask(inpaint_mask, batch))
     elif inpaint_mask is not None:
       raise ValueError("inpaint_mask needs init_image: the image whose unmasked part is kept.")
-    weights = None if not paint else jnp.asarray(self.paint_weights(prompts, paint, paint_weight))
+    weights = None if not paint else jnp.asarray(
+        self.paint_weights(prompts, paint, paint_weight, paint_outside))
     return self._program(params, jnp.asarray(ids), jnp.asarray(mask), key, init_tokens, regenerate,
                          weights, settings=settings)
 
   def _call(self, prompts, seed, num_inference_steps=None, guidance_scale=5.0, truncation_rate=1.0,
             purity_weight=None, init_image=None, inpaint_mask=None, start_t=None, paint=None,
-            paint_weight=paint_lib.DEFAULT_PAINT_WEIGHT):
+            paint_weight=paint_lib.DEFAULT_PAINT_WEIGHT,
+            paint_outside=paint_lib.DEFAULT_PAINT_OUTSIDE):
     settings = settings_lib.settings_for_call(
         self.num_timesteps, num_inference_steps, guidance_scale, truncation_rate, purity_weight,
         start_t, has_init_image=init_image is not None, has_mask=inpaint_mask is not None)
     key = seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
     return self._run(self.params, prompts, key, settings, init_image, inpaint_mask, paint,
-                     paint_weight)
+                     paint_weight, paint_outside)
 
   def __call__(self, prompts: str | Sequence[str], num_inference_steps: int | None = None,
                guidance_scale: float = 5.0, truncation_rate: float = 1.0, seed: int = 0,
                purity_weight: float | None = None, init_image: Any = None,
                inpaint_mask: Any = None, start_t: int | None = None,
                paint: paint_lib.PaintSpec | None = None,
-               paint_weight: float = paint_lib.DEFAULT_PAINT_WEIGHT) -> np.ndarray:
+               paint_weight: float = paint_lib.DEFAULT_PAINT_WEIGHT,
+               paint_outside: float = paint_lib.DEFAULT_PAINT_OUTSIDE) -> np.ndarray:
     """Generates uint8 images ``[B, H, W, 3]`` (numpy), one per prompt.
 
     Args:
@@ -315,7 +322,9 @@ class VQDiffusionPipeline:
       paint_weight: its strength w; the bias is w · f(t) · max(QKᵀ/√d) on the phrase's tokens,
         f(t) = log(1 + C̄_t / (1 - C̄_t)) for the masked fraction C̄_t
         (``vqd_jax.inference.generate.paint_bias``).
+      paint_outside: the same bias, times minus this, on the phrase's tokens outside its mask
+        (0: eDiff-I's rule, inside only).
     """
     return np.asarray(self._call(prompts, seed, num_inference_steps, guidance_scale,
                                  truncation_rate, purity_weight, init_image, inpaint_mask,
-                                 start_t, paint, paint_weight)[1])
+                                 start_t, paint, paint_weight, paint_outside)[1])

@@ -11,9 +11,10 @@
 """
 
 from vqd_jax.layers.attention import (DIFFUSERS_PROJECTIONS, HF_PROJECTIONS, Attention,
-                                      blocked_attention, causal_mask, dot_product_attention)
+                                      blocked_attention, causal_mask, dot_product_attention,
+                                      project_context)
 from vqd_jax.layers.basic import (ACTIVATION_AXES, DEFAULT_INIT_STDDEV, approximate_gelu,
-                                  constant_init, dense, embed, layer_norm)
+                                  check_text_inputs, constant_init, dense, embed, layer_norm)
 from vqd_jax.layers.fence import gradient_fence
 from vqd_jax.layers.mlp import (ApproximateGELUProjection, ConvFeedForward, FeedForward,
                                 GridFeedForward, MixFeedForward, depthwise_conv3x3)
@@ -23,6 +24,6 @@ __all__ = [
     "ACTIVATION_AXES", "AdaLayerNorm", "ApproximateGELUProjection", "Attention",
     "ConvFeedForward", "DEFAULT_INIT_STDDEV", "DIFFUSERS_PROJECTIONS", "FeedForward",
     "GridFeedForward", "HF_PROJECTIONS", "MixFeedForward", "approximate_gelu",
-    "blocked_attention", "causal_mask", "constant_init", "dense", "depthwise_conv3x3",
-    "dot_product_attention", "embed", "gradient_fence", "layer_norm",
+    "blocked_attention", "causal_mask", "check_text_inputs", "constant_init", "dense", "depthwise_conv3x3",
+    "dot_product_attention", "embed", "gradient_fence", "layer_norm", "project_context",
 ]

@@ -182,9 +182,12 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
                key_mask: jax.Array | None = None, bias: jax.Array | None = None,
-               deterministic: bool = True, scaled_bias: jax.Array | None = None) -> jax.Array:
+               deterministic: bool = True, scaled_bias: jax.Array | None = None,
+               context_kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     """x: [B, N, D]; context: [B, L, Dc] (None: x); key_mask: [B, L] bool; bias and scaled_bias
-    (see :func:`dot_product_attention`): [B|1, H|1, N, L].
+    (see :func:`dot_product_attention`): [B|1, H|1, N, L]; context_kv: the context's key and
+    value [B, L, H, Dh] already projected (:func:`project_context`: a decoder projects its text
+    once per sample, not once per step), used instead of ``context``.
 
     In a decode step N = 1 and L is the cache length. Returns [B, N, D].
     """
@@ -201,8 +204,11 @@ class Attention(nn.Module):
 
     split = lambda y: y.reshape(y.shape[:2] + (self.num_heads, self.head_dim))
     query = split(project(inner, (self.embed_axis, self.heads_axis), q_name, x))
-    key = split(project(inner, (self.kv_axis, self.heads_axis), k_name, context))
-    value = split(project(inner, (self.kv_axis, self.heads_axis), v_name, context))
+    if context_kv is not None:
+      key, value = (a.astype(query.dtype) for a in context_kv)
+    else:
+      key = split(project(inner, (self.kv_axis, self.heads_axis), k_name, context))
+      value = split(project(inner, (self.kv_axis, self.heads_axis), v_name, context))
     mask = causal_mask(x.shape[1]) if self.causal else None
     if self.decode:
       key, value, mask = self._update_cache(key, value, mask)
@@ -233,3 +239,18 @@ class Attention(nn.Module):
     cache_index.value = index + 1
     # The new query sees the positions written so far, not the zeros after them (causal by design).
     return key, value, (jnp.arange(length) <= index)[None, None, None, :]
+
+
+def project_context(params: dict, context: jax.Array, num_heads: int, head_dim: int,
+                    names: tuple[str, str, str, str] = DIFFUSERS_PROJECTIONS,
+                    dtype: Dtype = jnp.float32) -> tuple[jax.Array, jax.Array]:
+  """The key and value ``[B, L, H, Dh]`` that an :class:`Attention` with ``params`` computes from
+  ``context [B, L, Dc]`` (for its ``context_kv``)."""
+  params = nn.meta.unbox(params)
+
+  def project(name):
+    p = params[name]
+    y = jnp.dot(context.astype(dtype), p["kernel"].astype(dtype)) + p["bias"].astype(dtype)
+    return y.reshape(context.shape[:2] + (num_heads, head_dim))
+
+  return project(names[1]), project(names[2])

@@ -74,3 +74,16 @@ def approximate_gelu(x: jax.Array) -> jax.Array:
   """``x·sigmoid(1.702x)``: the official "GELU2", diffusers ``ApproximateGELU`` and CLIP's
   ``quick_gelu``. Any shape in, the same shape out."""
   return x * jax.nn.sigmoid(1.702 * x)
+
+
+def check_text_inputs(text_states: jax.Array, text_mask: jax.Array | None, batch: int,
+                      width: int) -> None:
+  """Raises a clear ValueError unless ``text_states`` is ``[batch, L, width]`` and ``text_mask``
+  None or ``[batch, L]`` (the cross-attention inputs of every text-conditioned token model)."""
+  if text_states.ndim != 3 or text_states.shape[0] != batch or text_states.shape[2] != width:
+    raise ValueError(f"text_states must be [{batch}, length, {width}], got {text_states.shape}; "
+                     "check cross_attention_dim against the text encoder.")
+  length = text_states.shape[1]
+  if text_mask is not None and text_mask.shape != (batch, length):
+    raise ValueError(f"text_mask must be [{batch}, {length}] like text_states, got "
+                     f"{text_mask.shape}.")

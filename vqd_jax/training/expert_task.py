@@ -104,7 +104,7 @@ class ExpertDiffusionTask(DiffusionTask):
     """Sum over experts of the single model's loss on each expert's ``[B / E]`` sub-batch."""
     del step  # no layout warm-up (checked at construction)
     k_drop, k_t, k_q, k_dropout = jax.random.split(key, 4)
-    x0 = self._tokens(batch)
+    x0 = self.targets(batch)
     cond = self.conditioning(params, batch, k_drop)
     e, rows = self.num_experts, x0.shape[0] // self.num_experts
     t, pt = self.expert_timesteps(k_t, history, rows)

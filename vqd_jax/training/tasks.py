@@ -17,4 +17,11 @@ def make_task(config: ml_collections.ConfigDict, workdir: str):
   if config.stage == "diffusion":
     from vqd_jax.training.diffusion_task import DiffusionTask  # pylint: disable=import-outside-toplevel
     return DiffusionTask(config, workdir)
-  raise ValueError(f"config.stage must be 'vqvae' or 'diffusion', got {config.stage!r}.")
+  if config.stage == "ar":
+    from vqd_jax.training.ar_task import ARTask  # pylint: disable=import-outside-toplevel
+    return ARTask(config, workdir)
+  if config.stage == "ctf_fine":
+    from vqd_jax.training.ctf_task import FineTask  # pylint: disable=import-outside-toplevel
+    return FineTask(config, workdir)
+  raise ValueError(f"config.stage must be 'vqvae', 'diffusion', 'ar' or 'ctf_fine', got "
+                   f"{config.stage!r}.")

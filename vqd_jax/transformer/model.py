@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from vqd_jax.layers import (ACTIVATION_AXES, AdaLayerNorm, Attention, ConvFeedForward, FeedForward,
-                            MixFeedForward, dense, gradient_fence, layer_norm)
+                            MixFeedForward, check_text_inputs, dense, gradient_fence, layer_norm)
 from vqd_jax.transformer import patches
 from vqd_jax.transformer.embedding import LatentImageEmbedding
 from vqd_jax.transformer.relative_position import RelativePositionBias
@@ -222,14 +222,7 @@ class Text2ImageTransformer(nn.Module):
     if t.shape != (batch,) or not jnp.issubdtype(t.dtype, jnp.integer):
       raise ValueError(f"t must be integer timesteps of shape [{batch}] (or a scalar), got "
                        f"{t.dtype} {t.shape}.")
-    if text_states.ndim != 3 or text_states.shape[0] != batch or \
-        text_states.shape[2] != self.cross_attention_dim:
-      raise ValueError(f"text_states must be [{batch}, length, {self.cross_attention_dim}], got "
-                       f"{text_states.shape}; check cross_attention_dim against the text encoder.")
-    length = text_states.shape[1]
-    if text_mask is not None and text_mask.shape != (batch, length):
-      raise ValueError(f"text_mask must be [{batch}, {length}] like text_states, got "
-                       f"{text_mask.shape}.")
+    check_text_inputs(text_states, text_mask, batch, self.cross_attention_dim)
     return t
 
   def _check_bias(self, bias: jax.Array | None, text_states: jax.Array, name: str

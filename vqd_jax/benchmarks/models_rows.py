@@ -1,0 +1,195 @@
+"""The rows of ``python -m vqd_jax.bench models``: trained quickstart models, or random weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vqd_jax.benchmarks.models import (SCORE_FILES, TRAINED, ar_full_call, ar_step_calls,
+                                       count_params, denoiser_call, init_params, median_seconds,
+                                       summarise)
+
+
+def _rows(guided: bool, batch: int) -> int:
+  return 2 * batch if guided else batch
+
+
+# -- the paper's scale, random weights -----------------------------------------------------------
+
+
+def _sizes(scale: str) -> dict[str, Any]:
+  from vqd_jax.transformer.presets import PRESETS  # pylint: disable=import-outside-toplevel
+  p = PRESETS[scale]
+  return dict(height=p["height"], width=p["width"], num_layers=p["num_layers"],
+              num_heads=p["num_heads"], head_dim=p["head_dim"],
+              cross_attention_dim=p["cross_attention_dim"]), p["num_classes"]
+
+
+def scale_rows(scale: str, batches: Sequence[int], steps: Sequence[int], ctf_codes: Sequence[int],
+               clusters: int, guidance: float, full: bool) -> list[dict[str, Any]]:
+  """VQD, AR (cached, uncached), CTF and CTF-VQD of one size with random weights."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from vqd_jax.autoregressive import ARTransformer  # pylint: disable=import-outside-toplevel
+  from vqd_jax.transformer import Text2ImageTransformer  # pylint: disable=import-outside-toplevel
+  sizes, codes = _sizes(scale)
+  if scale == "tiny":  # seconds: the code path, not the figures
+    ctf_codes, clusters = [2 * codes], min(clusters, 4)
+  text_len, text_dim = (77 if scale == "S" else 8), sizes["cross_attention_dim"]
+  n = sizes["height"] * sizes["width"]
+  states = jnp.zeros((1, text_len, text_dim), jnp.float32)
+  tokens = jnp.zeros((1, n), jnp.int32)
+
+  def denoiser(k):
+    model = Text2ImageTransformer(num_classes=k, num_embeds_ada_norm=100, **sizes)
+    return model, init_params(model, tokens, jnp.zeros((1,), jnp.int32), states)
+
+  def ar(k, **kw):
+    model = ARTransformer(num_classes=k, **sizes, **kw)
+    return model, init_params(model, tokens, states)
+
+  guided = guidance != 1.0
+  vqd, ar_base = denoiser(codes), ar(codes)
+  # Per codebook size: the AR baseline, CTF's coarse AR and diffusion stages, its fine predictor.
+  per_k = {k: (ar(k), ar(clusters), denoiser(clusters), ar(k, causal=False, input_classes=clusters))
+           for k in ctf_codes}
+  rows = []
+  for b in batches:
+    r = _rows(guided, b)
+    kw = dict(text_len=text_len, text_dim=text_dim, batch=b)
+    for s in steps:
+      rows.append(summarise(f"VQD {s} steps K={codes}", [denoiser_call(*vqd, r, count=s, **kw)],
+                            count_params(vqd[1])))
+    rows.append(summarise(f"AR cached K={codes}", [*ar_step_calls(*ar_base, r, count=n, **kw)],
+                          count_params(ar_base[1])))
+    rows.append(summarise(f"AR uncached K={codes}", [ar_full_call(*ar_base, r, count=n, **kw)],
+                          count_params(ar_base[1])))
+    for k, (big, coarse, coarse_vqd, fine) in per_k.items():
+      fine_call = ar_full_call(*fine, b, count=1, name="fine pass", **kw)
+      rows.append(summarise(f"AR cached K={k}", ar_step_calls(*big, r, count=n, **kw),
+                            count_params(big[1])))
+      rows.append(summarise(f"CTF K={k} C={clusters}", [*ar_step_calls(*coarse, r, count=n, **kw),
+                                                         fine_call],
+                            count_params(coarse[1]) + count_params(fine[1])))
+      rows.append(summarise(f"CTF-VQD {steps[0]} steps K={k} C={clusters}",
+                            [denoiser_call(*coarse_vqd, r, count=steps[0], **kw), fine_call],
+                            count_params(coarse_vqd[1]) + count_params(fine[1])))
+  if full:
+    _time_full_samplers(rows, vqd, ar_base, text_len, text_dim, guidance)
+  return rows
+
+
+def _time_full_samplers(rows, vqd, ar_base, text_len, text_dim, guidance) -> None:
+  """Whole token samplers (VQD and AR rows) timed end to end, in place of extrapolation."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from vqd_jax import autoregressive, diffusion  # pylint: disable=import-outside-toplevel
+  from vqd_jax.inference.generate import TokenGenerator  # pylint: disable=import-outside-toplevel
+  from vqd_jax.text import Conditioning  # pylint: disable=import-outside-toplevel
+  for row in rows:
+    b, name = row["batch"], row["method"]
+    cond = Conditioning(jnp.zeros((b, text_len, text_dim), jnp.float32))
+    if name.startswith("VQD"):
+      settings = diffusion.SamplerConfig(num_steps=int(name.split()[1]), guidance_scale=guidance)
+      gen = TokenGenerator(vqd[0], diffusion.MaskAndReplace(vqd[0].num_classes, 100))
+      params = vqd[1]
+    elif name.startswith("AR") and ar_base[0].num_classes == int(name.split("K=")[1]):
+      settings = autoregressive.ARSamplerConfig(guidance_scale=guidance,
+                                                use_cache="uncached" not in name)
+      gen, params = autoregressive.ARGenerator(ar_base[0]), ar_base[1]
+    else:
+      continue
+    program = jax.jit(lambda p, k, g=gen, s=settings: g.generate_tokens(p, cond, k, s, null=cond))
+    row["images_per_s"] = b / median_seconds(lambda: program(params, jax.random.key(0)), 1)
+    row["timing"] = "whole token sampler"
+
+
+# -- the quickstart's trained models -------------------------------------------------------------
+
+
+def _score(workdir: str, name: str) -> dict[str, Any]:
+  path = os.path.join(workdir, SCORE_FILES[name])
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    report = json.load(f)["score"]
+  score, count = report["score"], report.get("num_samples", 0)
+  se = float(np.sqrt(score * (1 - score) / count)) if count else 0.0
+  return {"shapes_score": score, "score_se": se}
+
+
+def _pipeline_row(name, pipe, settings, calls, params, batch, extra) -> dict[str, Any]:
+  import jax  # pylint: disable=import-outside-toplevel
+  from vqd_jax.evaluation.shapes import heldout_prompts  # pylint: disable=import-outside-toplevel
+  prompts = heldout_prompts(batch, pipe.image_size[0])
+  seconds = median_seconds(lambda: pipe.generate(pipe.params, prompts, jax.random.key(0),
+                                                 settings), 2)
+  row = summarise(name, calls, params, extra, measure=False)
+  row.update(images_per_s=batch / seconds, timing="pipeline end to end (prompts to images)")
+  return row
+
+
+def trained_rows(workdir: str, batches: Sequence[int], steps: Sequence[int]
+                 ) -> list[dict[str, Any]]:
+  """Every model the quickstart trained in ``workdir``, timed through its pipeline."""
+  # pylint: disable=import-outside-toplevel
+  from vqd_jax import diffusion
+  from vqd_jax.inference import VQDiffusionPipeline
+  from vqd_jax.inference.ar_pipeline import ARPipeline
+  from vqd_jax.inference.ctf_pipeline import CTFPipeline
+  rows = []
+  for name, folders, kind in TRAINED:
+    dirs = [os.path.join(workdir, f) for f in folders]
+    if not all(os.path.isdir(os.path.join(d, "checkpoints")) for d in dirs):
+      print(f"{name}: not trained in {workdir} (python -m vqd_jax.quickstart --model ...)")
+      continue
+    score = _score(workdir, name)
+    if kind == "vqd":
+      pipe = VQDiffusionPipeline.from_run(dirs[0])
+      defaults = pipe.sampling_defaults
+      cond = pipe.conditioner
+      for b in batches:
+        for s in steps:
+          settings = diffusion.SamplerConfig(**{**defaults, "num_steps": s})
+          r = _rows(settings.guidance_scale != 1.0, b)
+          call = denoiser_call(pipe.transformer, pipe.params["transformer"], r, cond.length,
+                               cond.width, s, b)
+          rows.append(_pipeline_row(f"VQD {s} steps", pipe, settings, [call],
+                                    count_params(pipe.params["transformer"]), b,
+                                    score if s == defaults["num_steps"] else {}))
+    elif kind == "ar":
+      pipe = ARPipeline.from_run(dirs[0])
+      cond, model, n = pipe.conditioner, pipe.model, pipe.model.num_tokens
+      for b in batches:
+        for cached in (True, False):
+          settings = pipe.settings(use_cache=cached)
+          r = _rows(settings.guided, b)
+          make = ar_step_calls if cached else (lambda *a: [ar_full_call(*a)])
+          calls = make(model, pipe.params["transformer"], r, cond.length, cond.width, n, b)
+          rows.append(_pipeline_row(f"AR {'cached' if cached else 'uncached'}", pipe, settings,
+                                    calls, count_params(pipe.params["transformer"]), b, score))
+    else:
+      pipe = CTFPipeline.from_runs(*dirs)
+      first, second = pipe.coarse_run, pipe.fine_run
+      settings = pipe.settings()
+      for b in batches:
+        r = _rows(settings.coarse.guidance_scale != 1.0, b)
+        c = first.conditioner
+        if first.config.stage == "ar":
+          coarse = ar_step_calls(first.generator.model, first.params["transformer"], r, c.length,
+                                 c.width, first.generator.model.num_tokens, b)
+        else:
+          s = dataclasses.asdict(settings.coarse)["num_steps"]
+          coarse = [denoiser_call(first.generator.denoiser, first.params["transformer"], r,
+                                  c.length, c.width, s, b)]
+        fine = ar_full_call(second.model, second.params["transformer"],
+                            _rows(settings.fine.guided, b), second.conditioner.length,
+                            second.conditioner.width, 1, b, name="fine pass")
+        params = count_params(first.params["transformer"]) + count_params(
+            second.params["transformer"])
+        rows.append(_pipeline_row(name, pipe, settings, [*coarse, fine], params, b, score))
+  return rows
