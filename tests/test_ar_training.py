@@ -62,3 +62,10 @@ def test_sample_command_on_an_ar_run(tiny_ar_run, tmp_path, tiny_run):
   with pytest.raises(SystemExit, match="AR runs only"):
     sample.main(["--workdir", tiny_run, "--prompt", "a red circle", "--out", out,
                  "--temperature", "0.5"])
+
+
+def test_sample_command_names_a_missing_run_and_creates_nothing(tmp_path):
+  missing = str(tmp_path / "no_run")
+  with pytest.raises(SystemExit, match="No checkpoint in .*no_run/checkpoints"):
+    sample.main(["--workdir", missing, "--prompt", "a red circle", "--out", str(tmp_path / "o")])
+  assert not os.path.exists(missing)

@@ -296,7 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   prompts = read_prompts(args)
   t0 = time.perf_counter()
   from vqd_jax.inference.loading import run_stage  # pylint: disable=import-outside-toplevel
-  stage = run_stage(args.workdir) if args.workdir else None
+  try:
+    stage = run_stage(args.workdir) if args.workdir else None
+  except FileNotFoundError as e:
+    raise SystemExit(f"{e} (flag: --workdir)") from e
+  if args.coarse_workdir and args.step is not None:
+    raise SystemExit("--step picks one run's checkpoint; CTF samples each run's latest.")
   if args.coarse_workdir or stage == "ctf_fine":
     if not args.coarse_workdir:
       raise SystemExit(f"{args.workdir} is CTF's fine stage: give its first stage with "

@@ -200,6 +200,10 @@ def load_ar_run(workdir: str, step: int | None = None, use_ema: bool = True) -> 
 
 def run_stage(workdir: str) -> str:
   """The ``config.stage`` of the run in ``workdir`` (its latest checkpoint's config)."""
+  local = "://" not in workdir
+  if local and not os.path.isdir(os.path.join(workdir, "checkpoints")):  # nothing created
+    raise FileNotFoundError(f"No checkpoint in {os.path.abspath(workdir)}/checkpoints: train a "
+                            "run there first (python -m vqd_jax.train ...).")
   ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
   try:
     step = ckpt.latest_step()
