@@ -10,7 +10,8 @@ are their sum over the batch's calls divided by the batch size. Guidance doubles
 call's rows. ``--trained`` also times each pipeline end to end (prompts to decoded images) at
 every batch size and prints the shapes score its quickstart run recorded. ``--scale`` times one
 call of each kind and multiplies by the number of calls ("extrapolated": on a CPU the full
-uncached AR at 32x32 tokens takes hours); ``--full`` times the whole token sampler instead.
+uncached AR at 32x32 tokens takes hours); ``--full`` times the whole token sampler instead
+where one batch should take under a minute.
 """
 
 from __future__ import annotations
