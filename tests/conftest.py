@@ -23,6 +23,9 @@ from jax_test_env import use_persistent_compile_cache  # noqa: E402
 
 use_persistent_compile_cache(jax)
 
+# In CI a skipped reference test is a failure (strict_reference.py).
+pytest_plugins = ["strict_reference"]
+
 # grain worker processes (and absl apps) read absl flags; pytest never parses them.
 flags.FLAGS.mark_as_parsed()
 
