@@ -56,13 +56,16 @@ def autoencoder(config: ml_collections.ConfigDict) -> vqvae.VQAutoencoder:
                              usage_decay=float(loss.usage_decay), dtype=compute_dtype(m.dtype))
 
 
+def is_coarse_stage(config: ml_collections.ConfigDict) -> bool:
+  """Whether a token model's run is CTF's first stage (it predicts coarse labels, not codes)."""
+  c = config.get("ctf")
+  return c is not None and bool(c.num_clusters) and config.stage != "ctf_fine"
+
+
 def num_classes(config: ml_collections.ConfigDict, num_codes: int) -> int:
   """Classes a token model's run predicts: CTF's coarse labels for a first stage
   (``config.ctf.num_clusters``), else the autoencoder's ``num_codes``."""
-  c = config.get("ctf")
-  if c is not None and c.num_clusters and config.stage != "ctf_fine":
-    return int(c.num_clusters)
-  return num_codes
+  return int(config.ctf.num_clusters) if is_coarse_stage(config) else num_codes
 
 
 def process(config: ml_collections.ConfigDict, num_codes: int) -> diffusion.MaskAndReplace:

@@ -57,17 +57,21 @@ def scale_rows(scale: str, batches: Sequence[int], steps: Sequence[int], ctf_cod
   # Per codebook size: the AR baseline, CTF's coarse AR and diffusion stages, its fine predictor.
   per_k = {k: (ar(k), ar(clusters), denoiser(clusters), ar(k, causal=False, input_classes=clusters))
            for k in ctf_codes}
-  rows = []
+  samplers = _whole_samplers(vqd, ar_base, guidance)
+  rows, timed = [], []  # timed: (row, the sampler that --full runs for it)
   for b in batches:
     r = _rows(guided, b)
     kw = dict(text_len=text_len, text_dim=text_dim, batch=b)
     for s in steps:
       rows.append(summarise(f"VQD {s} steps K={codes}", [denoiser_call(*vqd, r, count=s, **kw)],
                             count_params(vqd[1])))
-    rows.append(summarise(f"AR cached K={codes}", [*ar_step_calls(*ar_base, r, count=n, **kw)],
-                          count_params(ar_base[1])))
-    rows.append(summarise(f"AR uncached K={codes}", [ar_full_call(*ar_base, r, count=n, **kw)],
-                          count_params(ar_base[1])))
+      timed.append((rows[-1], samplers["vqd"](s)))
+    for cached in (True, False):
+      calls = (ar_step_calls(*ar_base, r, count=n, **kw) if cached
+               else [ar_full_call(*ar_base, r, count=n, **kw)])
+      rows.append(summarise(f"AR {'cached' if cached else 'uncached'} K={codes}", calls,
+                            count_params(ar_base[1])))
+      timed.append((rows[-1], samplers["ar"](cached)))
     for k, (big, coarse, coarse_vqd, fine) in per_k.items():
       fine_call = ar_full_call(*fine, b, count=1, name="fine pass", **kw)
       rows.append(summarise(f"AR cached K={k}", ar_step_calls(*big, r, count=n, **kw),
@@ -79,7 +83,8 @@ def scale_rows(scale: str, batches: Sequence[int], steps: Sequence[int], ctf_cod
                             [denoiser_call(*coarse_vqd, r, count=steps[0], **kw), fine_call],
                             count_params(coarse_vqd[1]) + count_params(fine[1])))
   if full:
-    _time_full_samplers(rows, vqd, ar_base, text_len, text_dim, guidance)
+    for row, (generator, params, settings) in timed:
+      _time_whole_sampler(row, generator, params, settings, text_len, text_dim)
   return rows
 
 
@@ -87,31 +92,32 @@ def scale_rows(scale: str, batches: Sequence[int], steps: Sequence[int], ctf_cod
 FULL_LIMIT_S = 60.0
 
 
-def _time_full_samplers(rows, vqd, ar_base, text_len, text_dim, guidance) -> None:
-  """Whole token samplers (VQD and AR rows) timed end to end, in place of extrapolation."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+def _whole_samplers(vqd, ar_base, guidance) -> dict[str, Any]:
+  """``{"vqd": steps -> (generator, params, settings), "ar": cached -> (...)}``."""
   from vqd_jax import autoregressive, diffusion  # pylint: disable=import-outside-toplevel
   from vqd_jax.inference.generate import TokenGenerator  # pylint: disable=import-outside-toplevel
+  denoise = TokenGenerator(vqd[0], diffusion.MaskAndReplace(vqd[0].num_classes, 100))
+  decode = autoregressive.ARGenerator(ar_base[0])
+  return {
+      "vqd": lambda steps: (denoise, vqd[1], diffusion.SamplerConfig(
+          num_steps=steps, guidance_scale=guidance)),
+      "ar": lambda cached: (decode, ar_base[1], autoregressive.ARSamplerConfig(
+          guidance_scale=guidance, use_cache=cached)),
+  }
+
+
+def _time_whole_sampler(row, generator, params, settings, text_len, text_dim) -> None:
+  """The row's images/s from its whole token sampler, in place of the extrapolation."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from vqd_jax.text import Conditioning  # pylint: disable=import-outside-toplevel
-  for row in rows:
-    b, name = row["batch"], row["method"]
-    if b / row["images_per_s"] > FULL_LIMIT_S:
-      continue  # minutes per batch (the uncached AR at 32x32): the extrapolation stands
-    cond = Conditioning(jnp.zeros((b, text_len, text_dim), jnp.float32))
-    if name.startswith("VQD"):
-      settings = diffusion.SamplerConfig(num_steps=int(name.split()[1]), guidance_scale=guidance)
-      gen = TokenGenerator(vqd[0], diffusion.MaskAndReplace(vqd[0].num_classes, 100))
-      params = vqd[1]
-    elif name.startswith("AR") and ar_base[0].num_classes == int(name.split("K=")[1]):
-      settings = autoregressive.ARSamplerConfig(guidance_scale=guidance,
-                                                use_cache="uncached" not in name)
-      gen, params = autoregressive.ARGenerator(ar_base[0]), ar_base[1]
-    else:
-      continue
-    program = jax.jit(lambda p, k, g=gen, s=settings: g.generate_tokens(p, cond, k, s, null=cond))
-    row["images_per_s"] = b / median_seconds(lambda: program(params, jax.random.key(0)), 1)
-    row["timing"] = "whole token sampler"
+  b = row["batch"]
+  if b / row["images_per_s"] > FULL_LIMIT_S:
+    return  # minutes per batch (the uncached AR at 32x32): the extrapolation stands
+  cond = Conditioning(jnp.zeros((b, text_len, text_dim), jnp.float32))
+  program = jax.jit(lambda p, k: generator.generate_tokens(p, cond, k, settings, null=cond))
+  row["images_per_s"] = b / median_seconds(lambda: program(params, jax.random.key(0)), 1)
+  row["timing"] = "whole token sampler"
 
 
 # -- the quickstart's trained models -------------------------------------------------------------

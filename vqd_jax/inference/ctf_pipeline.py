@@ -47,9 +47,8 @@ class FineRun:
   params: dict[str, Any]
 
   def fine_settings(self, **overrides: Any) -> ctf.FineSamplerConfig:
-    s = {k[len("fine_"):]: v for k, v in self.config.sampling.to_dict().items()}
-    s.update({k: v for k, v in overrides.items() if v is not None})
-    return ctf.FineSamplerConfig(**s)
+    """The run's ``config.sampling.fine_*`` as a ``FineSamplerConfig``, with overrides."""
+    return loading.sampling_settings(self.config, ctf.FineSamplerConfig, "fine_", **overrides)
 
 
 def load_fine_run(workdir: str, step: int | None = None, use_ema: bool = True) -> FineRun:

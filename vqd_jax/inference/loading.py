@@ -67,6 +67,16 @@ def load_autoencoder(workdir: str) -> FrozenAutoencoder:
   return FrozenAutoencoder(model, restore_params(ckpt, step, config, boxed, use_ema=True))
 
 
+def sampling_settings(config: ml_collections.ConfigDict, settings_cls: type, prefix: str = "",
+                      **overrides: Any) -> Any:
+  """``settings_cls`` from a run's ``config.sampling`` fields (those named ``prefix + field``,
+  prefix dropped), with the non-None ``overrides``."""
+  fields = {k[len(prefix):]: v for k, v in config.sampling.to_dict().items()
+            if k.startswith(prefix)}
+  fields.update({k: v for k, v in overrides.items() if v is not None})
+  return settings_cls(**fields)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class DiffusionRun:
   """A trained diffusion run, ready to sample.
@@ -87,9 +97,7 @@ class DiffusionRun:
 
   def sampler_settings(self, **overrides: Any) -> diffusion.SamplerConfig:
     """The run's ``config.sampling`` as a ``SamplerConfig``, with non-None ``overrides``."""
-    settings = dict(self.config.sampling.to_dict())
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    return diffusion.SamplerConfig(**settings)
+    return sampling_settings(self.config, diffusion.SamplerConfig, **overrides)
 
 
 def run_networks(config: ml_collections.ConfigDict, workdir: str, autoencoder: FrozenAutoencoder
@@ -173,9 +181,7 @@ class ARRun:
 
   def sampler_settings(self, **overrides: Any) -> autoregressive.ARSamplerConfig:
     """The run's ``config.sampling`` as an ``ARSamplerConfig``, with non-None ``overrides``."""
-    settings = dict(self.config.sampling.to_dict())
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    return autoregressive.ARSamplerConfig(**settings)
+    return sampling_settings(self.config, autoregressive.ARSamplerConfig, **overrides)
 
 
 def load_ar_run(workdir: str, step: int | None = None, use_ema: bool = True) -> ARRun:
@@ -217,7 +223,7 @@ def run_stage(workdir: str) -> str:
 
 def coarse_stage(config: ml_collections.ConfigDict) -> bool:
   """Whether a run is CTF's first stage (it draws coarse labels, not codes)."""
-  return build.num_classes(config, -1) != -1
+  return build.is_coarse_stage(config)
 
 
 def refuse_coarse_stage(run: Any) -> None:

@@ -38,15 +38,25 @@ class ARTask(TokenModelTask):
     tokens = jnp.zeros((states.shape[0], self.model.num_tokens), jnp.int32)
     return self.model.init(key, tokens, states, mask)["params"]
 
+  def inputs_and_targets(self, batch) -> tuple[jax.Array, jax.Array]:
+    """``([B, N] model inputs, [B, N] targets)``: the codes (or coarse labels) both times; the
+    model shifts its inputs itself."""
+    targets = self.targets(batch)
+    return targets, targets
+
+  def log_probs(self, transformer_params, inputs, cond: text_lib.Conditioning, **kwargs):
+    """``[B, N, K]`` log-probabilities of the targets' classes for ``inputs``."""
+    return self.model.apply({"params": transformer_params}, inputs, cond.states, cond.mask,
+                            **kwargs)
+
   def step_loss(self, params, batch, key, extra, step):
     del extra, step
     k_drop, k_dropout = jax.random.split(key)
-    targets = self.targets(batch)
+    inputs, targets = self.inputs_and_targets(batch)
     cond = self.conditioning(params, batch, k_drop)
     dropout = self.config.model.dropout > 0
-    log_p = self.model.apply({"params": params["transformer"]}, targets, cond.states, cond.mask,
-                             deterministic=not dropout,
-                             rngs={"dropout": k_dropout} if dropout else None)
+    log_p = self.log_probs(params["transformer"], inputs, cond, deterministic=not dropout,
+                           rngs={"dropout": k_dropout} if dropout else None)
     loss, metrics = token_cross_entropy(log_p, targets)
     return loss, (metrics, None)
 

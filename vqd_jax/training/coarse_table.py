@@ -23,12 +23,6 @@ from vqd_jax.inference.autoencoder import FrozenAutoencoder
 log = logging.getLogger(__name__)
 
 
-def compute_table(vq: FrozenAutoencoder, num_clusters: int, balanced: bool, seed: int
-                  ) -> ctf.KMeansResult:
-  """k-means of ``vq``'s codebook into ``num_clusters`` (equal sizes when ``balanced``)."""
-  return ctf.kmeans(vq.codebook, num_clusters, seed=seed, balanced=balanced)
-
-
 def _check(table: ctf.CoarseTable, cfg: ml_collections.ConfigDict, num_codes: int,
            where: str) -> ctf.CoarseTable:
   want = (num_codes, int(cfg.num_clusters), bool(cfg.balanced), int(cfg.seed))
@@ -58,7 +52,8 @@ def run_coarse_table(config: ml_collections.ConfigDict, workdir: str,
       shutil.copyfile(os.path.join(data.path, ctf.COARSE_TABLE_FILE), target + ".tmp")
       os.replace(target + ".tmp", target)
     return table
-  result = compute_table(vq, int(cfg.num_clusters), bool(cfg.balanced), int(cfg.seed))
+  result = ctf.kmeans(vq.codebook, int(cfg.num_clusters), seed=int(cfg.seed),
+                      balanced=bool(cfg.balanced))
   log.info("Clustered the %d codes into %d coarse labels (inertia %.4g).", vq.num_codes,
            cfg.num_clusters, result.inertia)
   if jax.process_index() == 0:

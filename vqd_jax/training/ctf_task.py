@@ -15,14 +15,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from vqd_jax import autoregressive, build, ctf
-from vqd_jax.training.ar_task import token_cross_entropy
-from vqd_jax.training.token_task import TokenModelTask
+from vqd_jax.training.ar_task import ARTask
 
 log = logging.getLogger(__name__)
 
 
-class FineTask(TokenModelTask):
-  """The fine predictor's stage (see the module docstring)."""
+class FineTask(ARTask):
+  """The fine predictor's stage: ``ARTask``'s loss with the coarse map as input (module
+  docstring)."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     if config.get("ctf") is None or not config.ctf.num_clusters:
@@ -34,37 +34,20 @@ class FineTask(TokenModelTask):
   def predicts_coarse(self) -> bool:
     return False  # it reads the coarse labels and predicts the codes
 
-  @property
-  def num_tokens(self) -> int:
-    return self.model.num_tokens
-
   def build_model(self) -> autoregressive.ARTransformer:
     return build.ar_model(self.config, self.vq.num_codes, self.grid, self.conditioner.width,
                           input_classes=self.coarse.num_clusters)
 
-  def init_model(self, key, states, mask):
-    coarse = jnp.zeros((states.shape[0], self.model.num_tokens), jnp.int32)
-    return self.model.init(key, coarse, states, mask)["params"]
-
-  def fine_log_probs(self, transformer_params, coarse, cond, **kwargs):
-    """``[B, N, K]`` log p(code | coarse map, text), restricted when ``config.ctf.restrict``."""
-    log_p = self.model.apply({"params": transformer_params}, coarse, cond.states, cond.mask,
-                             **kwargs)
-    if self.config.ctf.restrict:
-      log_p = ctf.restrict_to_clusters(log_p, coarse, self.members)
-    return log_p
-
-  def step_loss(self, params, batch, key, extra, step):
-    del extra, step
-    k_drop, k_dropout = jax.random.split(key)
+  def inputs_and_targets(self, batch) -> tuple[jax.Array, jax.Array]:
     codes = self._tokens(batch)
-    coarse = ctf.coarse_labels(jnp.asarray(self.coarse.labels), codes)
-    cond = self.conditioning(params, batch, k_drop)
-    dropout = self.config.model.dropout > 0
-    log_p = self.fine_log_probs(params["transformer"], coarse, cond, deterministic=not dropout,
-                                rngs={"dropout": k_dropout} if dropout else None)
-    loss, metrics = token_cross_entropy(log_p, codes)
-    return loss, (metrics, None)
+    return ctf.coarse_labels(jnp.asarray(self.coarse.labels), codes), codes
+
+  def log_probs(self, transformer_params, inputs, cond, **kwargs):
+    """``[B, N, K]`` log p(code | coarse map, text), restricted when ``config.ctf.restrict``."""
+    log_p = super().log_probs(transformer_params, inputs, cond, **kwargs)
+    if self.config.ctf.restrict:
+      log_p = ctf.restrict_to_clusters(log_p, inputs, self.members)
+    return log_p
 
   def write_previews(self, state, step: int, writer, directory: str) -> None:
     del state, writer, directory

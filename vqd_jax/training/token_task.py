@@ -12,6 +12,8 @@ builds the network (``build_model``), initialises it (``init_model``), gives its
 
 from __future__ import annotations
 
+import abc
+import functools
 import json
 import os
 from typing import Any, Sequence
@@ -58,7 +60,7 @@ def save_text_assets(config: ml_collections.ConfigDict, workdir: str) -> None:
     _write_once(path, tokenizer.save)
 
 
-class TokenModelTask:
+class TokenModelTask(abc.ABC):
   """Implements most of :class:`vqd_jax.training.state.Task` for a token model (module docstring)."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
@@ -81,22 +83,23 @@ class TokenModelTask:
 
   # -- what a token model defines -----------------------------------------------------------------
 
+  @abc.abstractmethod
   def build_model(self) -> Any:
     """The network (``self.vq``, ``self.conditioner`` and ``self.grid`` are set)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def init_model(self, key: jax.Array, states: jax.Array, mask: jax.Array) -> Any:
     """Fresh (boxed) network params for text ``states [B, L, D]`` and ``mask [B, L]``."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def step_loss(self, params, batch, key, extra, step) -> tuple[jax.Array, tuple[dict, Any]]:
     """``(loss, (metrics, aux))`` of one batch; ``aux`` goes to :meth:`update_extra`."""
-    raise NotImplementedError
 
   def preview_tokens(self, params, cond: text_lib.Conditioning, null: text_lib.Conditioning,
                      key: jax.Array) -> jax.Array:
-    """Codes ``[B, N]`` for the preview grid, with ``config.sampling`` (inside ``jax.jit``)."""
-    raise NotImplementedError
+    """Codes ``[B, N]`` for the preview grid, with ``config.sampling`` (inside ``jax.jit``).
+    A stage that cannot draw images alone overrides :meth:`write_previews` instead."""
+    raise TypeError(f"{type(self).__name__} draws no preview tokens on its own.")
 
   def initial_extra(self) -> dict[str, Any]:
     """Saved state besides the parameters (e.g. the diffusion loss history)."""
@@ -128,11 +131,13 @@ class TokenModelTask:
   def preview_codes(self, tokens: np.ndarray) -> np.ndarray:
     """Codes to decode for a preview of ``tokens`` (a coarse label shows as its most typical
     code)."""
-    if not self.predicts_coarse:
-      return tokens
-    typical = coarse_lib.representative_codes(self.vq.codebook,
-                                              self.coarse.labels, self.coarse.num_clusters)
-    return typical[tokens]
+    return self._typical_codes[tokens] if self.predicts_coarse else tokens
+
+  @functools.cached_property
+  def _typical_codes(self) -> np.ndarray:
+    """``[C]``: each coarse label's most typical code (computed once, at the first preview)."""
+    return coarse_lib.representative_codes(self.vq.codebook, self.coarse.labels,
+                                           self.coarse.num_clusters)
 
   # -- data ---------------------------------------------------------------------------------------
 
