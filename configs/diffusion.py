@@ -21,6 +21,7 @@ docs/experiments.md.
 
 import ml_collections
 
+from vqd_jax.training import nonfinite
 from vqd_jax.transformer.presets import PRESETS
 
 # A few prompts covering every attribute, for preview grids during training.
@@ -55,6 +56,16 @@ def _base() -> ml_collections.ConfigDict:
   c.text = ml_collections.ConfigDict(dict(encoder="word", clip_path="", max_length=16, width=128,
                                           num_layers=2, num_heads=4))
 
+  # Precomputed embedding sources (eDiff-I) conditioned on beside the text encoder. A source with a
+  # path (a local transformers folder: vqd_jax.text.load_encoder) is run once by
+  # `python -m vqd_jax.encode` into the token records (data.source='tokens'); drop_rate: its
+  # independent dropout (eDiff-I's rates); max_length: state positions kept. clip_image embeds the
+  # training image itself (at sampling: a reference image, or nothing).
+  c.embeddings = ml_collections.ConfigDict(dict(
+      t5=dict(path="", drop_rate=0.25, max_length=32),
+      clip_text=dict(path="", drop_rate=0.2, max_length=32),
+      clip_image=dict(path="", drop_rate=0.9)))
+
   # dtype: compute dtype ('float32' or 'bfloat16'); weights, optimizer state and EMA stay float32.
   # Only mlp_type='fc', patch_size=1 and no relative position bias export to diffusers.
   c.model = ml_collections.ConfigDict(dict(
@@ -76,9 +87,10 @@ def _base() -> ml_collections.ConfigDict:
       lr=1e-3, warmup_steps=200, decay="cosine", end_lr_factor=0.05, b1=0.9, b2=0.96,
       weight_decay=4.5e-2, grad_clip=0.5))
 
+  # restore_step, nonfinite, max_nonfinite_steps: see vqd_jax.training.nonfinite.safety_defaults.
   c.train = ml_collections.ConfigDict(dict(
       num_steps=3000, batch_size=16, log_every=50, ckpt_every=500, sample_every=1000,
-      keep_checkpoints=6, ema_decay=0.999, async_checkpoints=True))
+      keep_checkpoints=6, ema_decay=0.999, async_checkpoints=True, **nonfinite.safety_defaults()))
 
   c.sampling = ml_collections.ConfigDict(dict(
       num_steps=50, guidance_scale=2.0, truncation_rate=0.9, purity_weight=None))

@@ -15,6 +15,8 @@ diffusers' VQModel config) plus the compute ``dtype``.
 
 import ml_collections
 
+from vqd_jax.training import nonfinite
+
 
 def _base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -44,9 +46,10 @@ def _base() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-3, warmup_steps=50, decay="cosine", end_lr_factor=0.05, b1=0.9, b2=0.99,
       weight_decay=0.0, grad_clip=1.0))
+  # restore_step, nonfinite, max_nonfinite_steps: see vqd_jax.training.nonfinite.safety_defaults.
   c.train = ml_collections.ConfigDict(dict(
       num_steps=1200, batch_size=32, log_every=50, ckpt_every=600, sample_every=600,
-      keep_checkpoints=2, ema_decay=0.0, async_checkpoints=True))
+      keep_checkpoints=2, ema_decay=0.0, async_checkpoints=True, **nonfinite.safety_defaults()))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = None
   return c

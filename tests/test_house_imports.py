@@ -1,5 +1,6 @@
-"""Import arrows point down: pure cores never import training, data, inference, interop or a command
-line, and the inference path never imports training, data or a command line.
+"""Import arrows point down: pure cores never import training, data, inference or a command line
+(nor interop, except the text encoders' checkpoint loaders), and the inference path never imports
+training, data or a command line.
 
 Every import statement counts, at module level or inside a function (a lazy import is still an
 arrow), as do ``importlib.import_module("...")`` calls with a literal name.
@@ -21,6 +22,10 @@ PURE_CORES = ("layers", "diffusion", "transformer", "autoregressive", "ctf", "vq
 FORBIDDEN = {
     **{core: ("vqd_jax.training", "vqd_jax.data", "vqd_jax.inference", "vqd_jax.interop")
        + CLI_MODULES for core in PURE_CORES},
+    # ``vqd_jax.text.load_encoder`` is the public way to load a pretrained T5 / CLIP encoder, so
+    # its loaders reach the weight converters of interop (which in turn stay below training).
+    "text": ("vqd_jax.training", "vqd_jax.data", "vqd_jax.inference") + CLI_MODULES,
+    "interop": ("vqd_jax.training", "vqd_jax.data") + CLI_MODULES,
     # The inference path: loading runs, building their networks, reading checkpoints.
     **{part: ("vqd_jax.training", "vqd_jax.data") + CLI_MODULES
        for part in ("inference", "build.py", "checkpoint.py")},

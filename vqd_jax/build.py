@@ -7,6 +7,7 @@ files (``clip_text/``); the weights themselves live in the run's checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,6 +22,8 @@ from vqd_jax.transformer import fields as fields_lib
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 WORD_TOKENIZER_FILE = "tokenizer.json"
 CLIP_TEXT_DIR = "clip_text"
+# The layout of the run's precomputed embedding sources (vqd_jax.text.embeddings).
+EMBEDDINGS_FILE = "embeddings.json"
 # Files of a CLIP checkpoint folder that describe it (the weights are copied into checkpoints).
 _CLIP_DESCRIPTION = ("config.json", "vocab.json", "merges.txt", "tokenizer.json",
                      "tokenizer_config.json", "special_tokens_map.json")
@@ -35,6 +38,7 @@ _DENOISER_DERIVED = {"num_classes": "the autoencoder's codebook size",
                      "width": "the image size over the autoencoder's downsampling",
                      "num_embeds_ada_norm": "config.diffusion.num_timesteps",
                      "cross_attention_dim": "the text encoder's width",
+                     "global_cond_dim": "the embedding sources' pooled widths",
                      "param_dtype": "the trainer (parameters stay float32)"}
 
 
@@ -95,15 +99,16 @@ def expert_intervals(config: ml_collections.ConfigDict) -> diffusion.ExpertInter
 
 
 def denoiser(config: ml_collections.ConfigDict, num_codes: int, grid: tuple[int, int],
-             text_width: int) -> transformer.Text2ImageTransformer:
-  """The denoiser of a diffusion config for a ``grid`` of tokens and ``text_width`` states."""
+             text_width: int, pooled_width: int = 0) -> transformer.Text2ImageTransformer:
+  """The denoiser of a diffusion config for a ``grid`` of tokens, ``text_width`` states and a
+  ``pooled_width`` global vector (the conditioner's; 0: none)."""
   fields_lib.check_config_fields(config.model.keys(), transformer.Text2ImageTransformer,
                                  derived=_DENOISER_DERIVED)
   model_fields = {k: v for k, v in config.model.items() if k != "dtype"}
   return transformer.Text2ImageTransformer(
       num_classes=num_codes, height=grid[0], width=grid[1],
       num_embeds_ada_norm=config.diffusion.num_timesteps, cross_attention_dim=text_width,
-      dtype=compute_dtype(config.model.dtype), **model_fields)
+      global_cond_dim=pooled_width, dtype=compute_dtype(config.model.dtype), **model_fields)
 
 
 # ARTransformer fields the run derives, or that belong to one use of the class.
@@ -128,8 +133,47 @@ def ar_model(config: ml_collections.ConfigDict, num_classes: int, grid: tuple[in
       dtype=compute_dtype(config.model.dtype), **model_fields)
 
 
+def configured_embeddings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """``{name: its config section}`` of the embedding sources the config enables (a path set)."""
+  sources = config.get("embeddings")
+  if sources is None:
+    return {}
+  unknown = sorted(set(sources.keys()) - set(text.embeddings.KINDS))
+  if unknown:
+    raise ValueError(f"config.embeddings has unknown sources {unknown}; the sources are "
+                     f"{sorted(text.embeddings.KINDS)}.")
+  return {name: section for name, section in sources.items() if section.get("path")}
+
+
+def embedding_sources(workdir: str) -> tuple[text.EmbeddingSource, ...]:
+  """The run's embedding sources, from ``workdir/embeddings.json`` (none without the file)."""
+  path = os.path.join(workdir, EMBEDDINGS_FILE)
+  if not os.path.exists(path):
+    return ()
+  with open(path, encoding="utf-8") as f:
+    layout = json.load(f)
+  fields = ("name", "width", "length", "pooled_width", "drop_rate")
+  return tuple(text.EmbeddingSource(**{k: s[k] for k in fields if k in s})
+               for s in layout["sources"])
+
+
+def embedding_paths(workdir: str) -> dict[str, str]:
+  """``{name: encoder folder}`` of the run's sources, for embedding prompts at sampling."""
+  path = os.path.join(workdir, EMBEDDINGS_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return {s["name"]: s.get("path", "") for s in json.load(f)["sources"]}
+
+
 def conditioner(config: ml_collections.ConfigDict, workdir: str) -> text.Conditioner:
   """The run's conditioner, from the text assets in ``workdir`` (see ``save_text_assets``)."""
+  conditioner = _text_conditioner(config, workdir)
+  sources = embedding_sources(workdir)
+  return dataclasses.replace(conditioner, embeddings=sources) if sources else conditioner
+
+
+def _text_conditioner(config: ml_collections.ConfigDict, workdir: str) -> text.Conditioner:
   tcfg, dtype = config.text, compute_dtype(config.model.dtype)
   if tcfg.encoder == "word":
     path = os.path.join(workdir, WORD_TOKENIZER_FILE)

@@ -10,28 +10,54 @@ autoencoder and writes array_record token records (``tokens`` int32 ``[h*w]`` an
 
 ``--coarse-clusters C`` also writes CTF's code -> cluster table (k-means of the autoencoder's
 codebook, ``coarse_table.json``) beside the records, for ``configs/ctf.py`` runs.
+
+Sources enabled in the config's ``embeddings`` section (a T5, CLIP text or CLIP image encoder
+folder, e.g. ``--config.embeddings.t5.path=DIR``) are run here, once, and their outputs stored in
+the records (float16), so training never runs them; the size per example is printed first.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from vqd_jax import configs_io, cpu_devices
 
 
+def embedding_bytes(source) -> int:
+  """Bytes one record spends on ``source`` (float16 vectors, one byte per mask entry)."""
+  return 2 * source.length * source.width + source.length + 2 * source.pooled_width
+
+
+def load_embedders(config) -> list[tuple[Any, Any]]:
+  """``[(EmbeddingSource, frozen encoder)]`` for the sources ``config.embeddings`` enables."""
+  from vqd_jax import build, text  # pylint: disable=import-outside-toplevel
+  embedders = []
+  for name, section in build.configured_embeddings(config).items():
+    encoder = text.frozen.load_source_encoders({name: section.path}, what="config.embeddings")[name]
+    length = int(section.get("max_length", 0) or 0)
+    embedders.append((text.frozen.source_layout(encoder, length, float(section.drop_rate)),
+                      encoder))
+  return embedders
+
+
 def encode_dataset(vq, data_cfg, out: str, *, num_examples: int | None = None,
-                   batch_size: int = 256) -> dict[str, int]:
-  """Encodes ``num_examples`` (default: all) examples of ``data_cfg``'s source into ``out``."""
+                   batch_size: int = 256, embedders: Sequence[tuple[Any, Any]] = ()
+                   ) -> dict[str, int]:
+  """Encodes ``num_examples`` (default: all) examples of ``data_cfg``'s source into ``out``, with
+  the outputs of ``embedders`` (:func:`load_embedders`) beside the tokens."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   from vqd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from vqd_jax.data import configured as data_config  # pylint: disable=import-outside-toplevel
+  from vqd_jax import text as text_lib  # pylint: disable=import-outside-toplevel
 
   source = data_config.make_source(data_cfg)
   total = len(source) if num_examples is None else min(num_examples, len(source))
@@ -49,15 +75,19 @@ def encode_dataset(vq, data_cfg, out: str, *, num_examples: int | None = None,
           if n < batch_size:  # keep one compiled shape
             imgs = np.concatenate([imgs, np.repeat(imgs[-1:], batch_size - n, 0)])
           codes = np.asarray(vq.encode(jnp.asarray(imgs)))[:n].reshape(n, -1).astype(np.int32)
-          for r, c in zip(loaded, codes):
-            yield {"tokens": c, "caption": r["caption"]}
+          entries = text_lib.frozen.embed_inputs(
+              {s.name: e for s, e in embedders}, [s for s, _ in embedders],
+              prompts=[r["caption"] for r in loaded], images=imgs[:n])
+          for i, (r, c) in enumerate(zip(loaded, codes)):
+            yield {"tokens": c, "caption": r["caption"], **{k: v[i] for k, v in entries.items()}}
         bar.update(len(idx))
 
   from vqd_jax import ctf  # pylint: disable=import-outside-toplevel
   stale = os.path.join(out, ctf.COARSE_TABLE_FILE)
   if os.path.exists(stale):  # it described the codes being replaced
     os.remove(stale)
-  written = data_lib.write_token_records(out, records())
+  layout = [dataclasses.asdict(s) for s, _ in embedders]
+  written = data_lib.write_token_records(out, records(), embeddings=layout)
   return {"examples": int(written), "requested": int(total)}
 
 
@@ -108,8 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.coarse_balanced and args.coarse_clusters and vq.num_codes % args.coarse_clusters:
     parser.error(f"--coarse-balanced needs the {vq.num_codes} codes to split evenly into "
                  f"--coarse-clusters {args.coarse_clusters}; pick a divisor.")
+  try:
+    embedders = load_embedders(config)
+  except (ValueError, FileNotFoundError) as e:
+    parser.error(str(e))
+  if embedders:
+    per_example = sum(embedding_bytes(s) for s, _ in embedders)
+    count = args.num_examples or "every"
+    print(f"Embeddings ({', '.join(s.name for s, _ in embedders)}): {per_example / 1024:.1f} KiB "
+          f"per example (float16), for {count} examples.")
   stats = encode_dataset(vq, config.data, args.out, num_examples=args.num_examples,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size, embedders=embedders)
   if args.coarse_clusters:
     try:
       inertia = write_coarse_table(vq, args.out, args.coarse_clusters, args.coarse_balanced,

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Local diffusers VQ-Diffusion folder (model_index.json, vqvae/, "
                           "transformer/, text_encoder/, tokenizer/, scheduler/ ...), or one "
                           "exported by python -m vqd_jax.convert export.")
-  src = p.add_mutually_exclusive_group(required=True)
+  src = p.add_mutually_exclusive_group()
   src.add_argument("--prompt", action="append",
                    help="A text prompt; repeat the flag for several prompts.")
   src.add_argument("--prompts-file", help="A text file with one prompt per line.")
@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
   fine.add_argument("--fine-guidance", type=float, default=None,
                     help="Classifier-free guidance of the fine predictor (1 = off; default: the "
                          "run's sampling.fine_guidance_scale).")
+  emb = p.add_argument_group("Runs conditioned on embedding sources (config.embeddings)")
+  emb.add_argument("--image", metavar="REF.png",
+                   help="A reference image for the run's clip_image source (any size; CLIP's "
+                        "preprocessing resizes and crops it); without it that source is off.")
+  emb.add_argument("--image-only", action="store_true",
+                   help="Condition on --image alone: every text source reads as its null. The "
+                        "prompt flags may then be left out (one prompt-less batch).")
   p.add_argument("--seed", type=int, default=0, help="Random seed; same seed, same images.")
   p.add_argument("--batch-size", type=int, default=64, help="Images generated per device call.")
   p.add_argument("--step", type=int, default=None,
@@ -126,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_prompts(args) -> list[str]:
+  if not args.prompt and not args.prompts_file:
+    if args.image_only:
+      return [""]
+    raise SystemExit("Give the prompts with --prompt TEXT (repeatable) or --prompts-file FILE "
+                     "(or --image REF.png --image-only for image variations).")
   if args.prompts_file:
     with open(args.prompts_file, encoding="utf-8") as f:
       prompts = [line.strip() for line in f if line.strip()]
@@ -183,6 +195,19 @@ def _read_image(path: str, size: tuple[int, int], mode: str) -> np.ndarray:
     return np.asarray(img, np.uint8)
 
 
+def read_reference_image(path: str) -> np.ndarray:
+  """A reference image as uint8 ``[H, W, 3]`` at its own size; a clear exit if unreadable."""
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
+  try:
+    with Image.open(path) as img:
+      return np.asarray(img.convert("RGB"), np.uint8)
+  except FileNotFoundError:
+    raise SystemExit(f"--image {path!r}: no such file.") from None
+  except (UnidentifiedImageError, OSError, ValueError) as e:
+    raise SystemExit(f"--image {path!r} cannot be read as an image ({e}); give a PNG or JPEG.") \
+        from None
+
+
 def parse_paint(pairs: Sequence[str]) -> dict[str, str]:
   """``["red circle=mask.png", ...]`` -> ``{"red circle": "mask.png"}`` (files checked)."""
   paint = {}
@@ -231,7 +256,8 @@ def load_pipeline(args):
   return pipe, settings, init, mask, dict(source, init_image=args.init_image, mask=args.mask)
 
 
-DIFFUSION_ONLY = ("steps", "truncation", "purity", "init_image", "mask", "start_t", "paint")
+DIFFUSION_ONLY = ("steps", "truncation", "purity", "init_image", "mask", "start_t", "paint",
+                  "image", "image_only")
 AR_ONLY = ("temperature", "top_k", "top_p", "no_cache")
 CTF_ONLY = ("fine_temperature", "fine_top_k", "fine_guidance")
 EDITING = ("init_image", "mask", "start_t", "paint")
@@ -321,6 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     paint = parse_paint(args.paint)
     pipe, settings, init, mask, extra = load_pipeline(args)
     kwargs = dict(init_image=init, inpaint_mask=mask)
+    if args.image_only and not args.image:
+      raise SystemExit("--image-only conditions on the reference image alone: give --image REF.png.")
+    if args.image:
+      kwargs.update(image=read_reference_image(args.image), use_text=not args.image_only)
+      try:
+        pipe.embed(None, kwargs["image"], 1)
+      except ValueError as e:
+        raise SystemExit(f"{e} (flag: --image)") from e
+      extra = dict(extra, image=args.image, image_only=args.image_only)
     if paint:
       try:  # every phrase, mask and the weight checked before any sampling
         pipe.paint_weights(prompts, paint, args.paint_weight, args.paint_outside)

@@ -8,12 +8,16 @@ latest checkpoint.
 
 Any config field can be overridden with ``--config.<field>=<value>``. ``configs/...`` paths are
 found relative to the working directory, else among the configs installed with vqd_jax. Re-running
-the same command after a crash or preemption continues from the last checkpoint in ``--workdir``.
+the same command after a crash or preemption continues from the last checkpoint in ``--workdir``
+(``--config.train.restore_step=N`` goes back to an older one). A workdir in use by another training
+process, a checkpoint that cannot be restored or saved, and NaN/inf losses stop the run with a
+message saying what to do and a non-zero exit code.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -82,7 +86,15 @@ def main(argv):
     data.check_data_config(_CONFIG.value.data, _CONFIG.value.stage)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  metrics = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_after=_STOP_AFTER.value)
+  from vqd_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from vqd_jax.training import nonfinite, workdir_lock  # pylint: disable=import-outside-toplevel
+  try:
+    metrics = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                      stop_after=_STOP_AFTER.value)
+  except (checkpoint.CheckpointError, workdir_lock.WorkdirLockError,
+          nonfinite.NonFiniteError) as e:
+    # Each message names the problem and the fix; a traceback would only bury it.
+    sys.exit(f"Error: {e}")
   logging.info("Done: %s", {k: round(v, 5) for k, v in metrics.items()})
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from vqd_jax.data import decode
 from vqd_jax.data import shapes as shapes_lib
 from vqd_jax.data import tokens as tokens_lib
+from vqd_jax.data.tokens import EMBEDDING_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class _ExampleFn:
     rng = _example_rng(self.seed, index)
     if self.tokens:
       example = {"tokens": np.asarray(raw["tokens"], np.int32),
-                 "caption": decode.pick_caption(raw.get("caption", ""), rng)}
+                 "caption": decode.pick_caption(raw.get("caption", ""), rng),
+                 **{k: v for k, v in raw.items() if k.endswith(EMBEDDING_SUFFIXES)}}
     else:
       example = decode.load_example(raw, self.image_size, rng=rng, random_crop=self.random_crop,
                                     random_flip=self.random_flip)

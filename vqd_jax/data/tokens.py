@@ -1,5 +1,9 @@
 """Pre-encoded token datasets: ``{"tokens": int32 [N], "caption": str}`` records in array_record.
 
+Records may also hold precomputed embeddings (``{name}_states`` / ``_pooled`` float16 and
+``{name}_mask`` bool, :mod:`vqd_jax.text.embeddings`); ``metadata.json`` then lists their layout
+under ``"embeddings"``.
+
 Written once by ``python -m vqd_jax.encode`` (VQ codes of every training image), so that diffusion
 training never runs the image encoder. Layout of a token folder::
 
@@ -25,10 +29,25 @@ METADATA_FILE = "metadata.json"
 RECORDS_FILE = "tokens.array_record"
 
 
-def write_token_records(path: str, records: Iterable[Mapping]) -> int:
+EMBEDDING_SUFFIXES = ("_states", "_mask", "_pooled")
+
+
+def _embedding_entries(record: Mapping) -> dict[str, np.ndarray]:
+  """A record's embedding arrays, stored compactly: float16 vectors, bool masks."""
+  out = {}
+  for key, value in record.items():
+    if key.endswith(EMBEDDING_SUFFIXES):
+      value = np.asarray(value)
+      out[key] = value.astype(bool) if key.endswith("_mask") else value.astype(np.float16)
+  return out
+
+
+def write_token_records(path: str, records: Iterable[Mapping],
+                        embeddings: list[dict] | None = None) -> int:
   """Writes ``{"tokens": int [N], "caption": str}`` records into the folder ``path``; returns count.
 
   All records must share one token shape. Existing token records in ``path`` are replaced.
+  ``embeddings``: the layout of the embedding entries the records carry (saved in the metadata).
   """
   from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
   os.makedirs(path, exist_ok=True)
@@ -50,7 +69,7 @@ def write_token_records(path: str, records: Iterable[Mapping]) -> int:
                          f"record's {shape}; all records of a token dataset must match.")
       caption = str(record.get("caption", ""))
       writer.write(serialization.msgpack_serialize(
-          {"tokens": tokens.astype(np.int32), "caption": caption}))
+          {"tokens": tokens.astype(np.int32), "caption": caption, **_embedding_entries(record)}))
       count += 1
   finally:
     writer.close()
@@ -61,7 +80,8 @@ def write_token_records(path: str, records: Iterable[Mapping]) -> int:
   os.replace(partial, os.path.join(path, RECORDS_FILE))
   with open(metadata_path, "w", encoding="utf-8") as f:
     json.dump({"format": FORMAT, "version": VERSION, "num_records": count,
-               "token_shape": list(shape), "files": [RECORDS_FILE]}, f, indent=2)
+               "token_shape": list(shape), "files": [RECORDS_FILE],
+               "embeddings": list(embeddings or [])}, f, indent=2)
   return count
 
 
@@ -92,7 +112,13 @@ class TokenSource:
 
   def __getitem__(self, index: int) -> dict:
     record = serialization.msgpack_restore(self._records[int(index)])
-    return {"tokens": np.asarray(record["tokens"], np.int32), "caption": record["caption"]}
+    return {"tokens": np.asarray(record["tokens"], np.int32), "caption": record["caption"],
+            **{k: np.asarray(v) for k, v in record.items() if k.endswith(EMBEDDING_SUFFIXES)}}
+
+  @property
+  def embeddings(self) -> list[dict]:
+    """The layout of the records' embedding entries (``EmbeddingSource`` fields; may be empty)."""
+    return list(self.metadata.get("embeddings", []))
 
   def captions(self) -> list[str]:
     return [self[i]["caption"] for i in range(len(self))]

@@ -106,7 +106,7 @@ def run_networks(config: ml_collections.ConfigDict, workdir: str, autoencoder: F
   conditioner = build.conditioner(config, workdir)
   grid = autoencoder.token_grid(config.data.image_size)
   classes = build.num_classes(config, autoencoder.num_codes)
-  denoiser = build.denoiser(config, classes, grid, conditioner.width)
+  denoiser = build.denoiser(config, classes, grid, conditioner.width, conditioner.pooled_width)
   return conditioner, TokenGenerator.for_host(denoiser, build.process(config, classes))
 
 
@@ -122,8 +122,9 @@ def abstract_params(conditioner: text.Conditioner, init_network: Callable[..., A
     if conditioner.source == "clip":
       pretrained = conditioner.encoder.init(key, ids)["params"]
     params = conditioner.init(key, key, ids, mask, pretrained=pretrained)
-    states = jnp.zeros((1, length, conditioner.width), jnp.float32)
-    params["transformer"] = init_network(key, states, mask)
+    context = conditioner.context_length
+    states = jnp.zeros((1, context, conditioner.width), jnp.float32)
+    params["transformer"] = init_network(key, states, jnp.ones((1, context), bool))
     return params
 
   return jax.eval_shape(init, jax.random.key(0))

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqd_jax import diffusion, text
+from vqd_jax import build, diffusion, text
 from vqd_jax.inference import paint as paint_lib
 from vqd_jax.inference import settings as settings_lib
 from vqd_jax.inference.generate import TokenGenerator
@@ -70,6 +70,7 @@ class VQDiffusionPipeline:
     self.generator = TokenGenerator.for_host(Text2ImageTransformer(**c.transformer_fields),
                                              c.process)
     self.checkpoint_step: int | None = None  # set by from_run
+    self.embedders: dict[str, Any] = {}  # frozen encoders of embedding sources (use_embeddings)
     self.sampling_defaults: dict[str, Any] = {}  # a run's config.sampling, set by from_run
     params = {"transformer": c.transformer_params, "vqvae": c.vq_params,
               "text_encoder": c.text_params}
@@ -77,7 +78,7 @@ class VQDiffusionPipeline:
       params["null_embedding"] = c.null_embedding
     # Device arrays once, so no call re-transfers host (numpy) weights to the accelerator.
     self.params = self.generator.place(params)
-    self._program = jax.jit(self._generate_impl, static_argnames=("settings",))
+    self._program = jax.jit(self._generate_impl, static_argnames=("settings", "use_text"))
     self._encode_prompt = jax.jit(lambda p, ids, mask: self.conditioner.encode(p, ids, mask).states)
     self._denoise = jax.jit(lambda p, x, t, cond: self.generator.denoise(p["transformer"], x, t,
                                                                          cond))
@@ -100,10 +101,12 @@ class VQDiffusionPipeline:
     return cls(layout.load_pipeline_components(path, dtype))
 
   @classmethod
-  def from_run(cls, workdir: str, step: int | None = None, use_ema: bool = True
-               ) -> "VQDiffusionPipeline":
+  def from_run(cls, workdir: str, step: int | None = None, use_ema: bool = True,
+               embedding_paths: dict[str, str] | None = None) -> "VQDiffusionPipeline":
     """The pipeline of a trained vqd_jax diffusion run (its conditioner and frozen autoencoder),
-    e.g. for inpainting or ``save_pretrained`` (diffusers export)."""
+    e.g. for inpainting or ``save_pretrained`` (diffusers export). A run conditioned on embedding
+    sources loads their encoders from the folders it was trained with, or ``embedding_paths``
+    (``{name: folder}``) where they have moved."""
     run = load_diffusion_run(workdir, step=step, use_ema=use_ema)
     refuse_coarse_stage(run)
     cond = run.conditioner
@@ -116,12 +119,32 @@ class VQDiffusionPipeline:
         process=run.generator.process))
     pipe.checkpoint_step = run.step
     pipe.sampling_defaults = dict(run.config.sampling.to_dict())
+    if cond.embeddings:
+      pipe.use_embeddings(cond, run.params["embeddings"], build.embedding_paths(workdir),
+                          embedding_paths)
     return pipe
+
+  def use_embeddings(self, conditioner: text.Conditioner, params: Any, paths: dict[str, str],
+                     overrides: dict[str, str] | None = None) -> None:
+    """Conditions on precomputed embedding sources too: ``conditioner`` (with ``embeddings``),
+    their projection ``params`` and the encoder folders (``overrides`` replace ``paths``)."""
+    paths = {**paths, **(overrides or {})}
+    unknown = sorted(set(overrides or {}) - {s.name for s in conditioner.embeddings})
+    if unknown:
+      raise ValueError(f"embedding_paths names {unknown}, but the run conditions on "
+                       f"{[s.name for s in conditioner.embeddings]}.")
+    self.conditioner = conditioner
+    self.params = {**self.params, "embeddings": self.generator.place(params)}
+    self.embedders = text.frozen.load_source_encoders(paths)
 
   def save_pretrained(self, path: str | os.PathLike) -> list[str]:
     """Writes ``self.params`` in the layout it was loaded from (see ``vqd_jax.interop.export``);
     returns notes on what diffusers can load."""
     from vqd_jax.interop.export import export_components  # pylint: disable=import-outside-toplevel
+    if self.conditioner.embeddings:
+      raise ValueError("This run conditions on embedding sources "
+                       f"({[s.name for s in self.conditioner.embeddings]}), which the diffusers "
+                       "VQ-Diffusion layout cannot hold; sample it with vqd_jax instead.")
     return export_components(path, self.components, self.params)
 
   # -- sizes and parts -------------------------------------------------------------------------------
@@ -220,10 +243,13 @@ class VQDiffusionPipeline:
 
   # -- sampling -------------------------------------------------------------------------------------
 
-  def _generate_impl(self, params, ids, mask, key, init_tokens, regenerate, paint, *,
-                     settings: diffusion.SamplerConfig):
+  def _generate_impl(self, params, ids, mask, key, init_tokens, regenerate, paint, embedded, *,
+                     settings: diffusion.SamplerConfig, use_text: bool = True):
     """``(tokens [B, N], uint8 images [B, H, W, 3])``: text encoding, sampling and decoding."""
-    cond = self.conditioner.encode(params, ids, mask).replace(paint=paint)
+    cond = self.conditioner.encode(params, ids, mask, embedded, use_text=use_text)
+    if paint is not None and paint.shape[-1] < cond.states.shape[1]:  # no paint on the sources
+      paint = jnp.pad(paint, ((0, 0), (0, 0), (0, cond.states.shape[1] - paint.shape[-1])))
+    cond = cond.replace(paint=paint)
     null = None
     if diffusion.uses_guidance(settings.guidance_scale):
       null = self.conditioner.null(params, ids.shape[0])
@@ -236,15 +262,18 @@ class VQDiffusionPipeline:
                settings: diffusion.SamplerConfig, init_image: Any = None,
                inpaint_mask: Any = None, paint: paint_lib.PaintSpec | None = None,
                paint_weight: float = paint_lib.DEFAULT_PAINT_WEIGHT,
-               paint_outside: float = paint_lib.DEFAULT_PAINT_OUTSIDE) -> np.ndarray:
+               paint_outside: float = paint_lib.DEFAULT_PAINT_OUTSIDE, image: Any = None,
+               use_text: bool = True) -> np.ndarray:
     """uint8 images ``[B, H, W, 3]`` for ``prompts`` with explicit params, key and settings.
 
     ``init_image`` (uint8 ``[H, W, 3]`` or ``[B, H, W, 3]``) keeps the image's tokens outside
     ``inpaint_mask`` (True = regenerate; default everything) and regenerates the rest from
-    ``settings.start_t``. ``paint``, ``paint_weight`` and ``paint_outside`` as in ``__call__``.
+    ``settings.start_t``. ``paint``, ``paint_weight``, ``paint_outside``, ``image`` and
+    ``use_text`` as in ``__call__``.
     """
     return np.asarray(self._run(params, prompts, key, settings, init_image, inpaint_mask,
-                                paint, paint_weight, paint_outside)[1])
+                                paint, paint_weight, paint_outside, image=image,
+                                use_text=use_text)[1])
 
   def paint_weights(self, prompts: str | Sequence[str], paint: paint_lib.PaintSpec,
                     weight: float = paint_lib.DEFAULT_PAINT_WEIGHT,
@@ -260,7 +289,7 @@ class VQDiffusionPipeline:
 
   def _run(self, params, prompts, key, settings, init_image, inpaint_mask, paint=None,
            paint_weight=paint_lib.DEFAULT_PAINT_WEIGHT,
-           paint_outside=paint_lib.DEFAULT_PAINT_OUTSIDE):
+           paint_outside=paint_lib.DEFAULT_PAINT_OUTSIDE, image=None, use_text=True):
     ids, mask = self.tokenize(prompts)
     batch = ids.shape[0]
     if batch == 0:
@@ -278,19 +307,36 @@ class VQDiffusionPipeline:
       raise ValueError("inpaint_mask needs init_image: the image whose unmasked part is kept.")
     weights = None if not paint else jnp.asarray(
         self.paint_weights(prompts, paint, paint_weight, paint_outside))
+    embedded = self.embed(prompts if use_text else None, image, batch)
     return self._program(params, jnp.asarray(ids), jnp.asarray(mask), key, init_tokens, regenerate,
-                         weights, settings=settings)
+                         weights, embedded, settings=settings, use_text=use_text)
+
+  def embed(self, prompts: Sequence[str] | None, image: Any, batch: int) -> dict[str, np.ndarray]:
+    """The embedding sources' entries for ``prompts`` and reference ``image`` (uint8
+    ``[H, W, 3]`` or ``[B, H, W, 3]``, any size); sources without input read as their nulls."""
+    if image is not None and "clip_image" not in self.embedders:
+      raise ValueError("A reference image was given, but this model is not conditioned on a "
+                       "clip_image source; train one with config.embeddings.clip_image.path.")
+    if image is not None:
+      image = np.asarray(image)
+      image = image[None] if image.ndim == 3 else image
+      if image.shape[0] not in (1, batch):
+        raise ValueError(f"{image.shape[0]} reference images for {batch} prompts; give one "
+                         "image or one per prompt.")
+      image = np.broadcast_to(image, (batch,) + image.shape[1:])
+    return text.frozen.embed_inputs(self.embedders, self.conditioner.embeddings,
+                                    prompts=prompts, images=image)
 
   def _call(self, prompts, seed, num_inference_steps=None, guidance_scale=5.0, truncation_rate=1.0,
             purity_weight=None, init_image=None, inpaint_mask=None, start_t=None, paint=None,
             paint_weight=paint_lib.DEFAULT_PAINT_WEIGHT,
-            paint_outside=paint_lib.DEFAULT_PAINT_OUTSIDE):
+            paint_outside=paint_lib.DEFAULT_PAINT_OUTSIDE, image=None, use_text=True):
     settings = settings_lib.settings_for_call(
         self.num_timesteps, num_inference_steps, guidance_scale, truncation_rate, purity_weight,
         start_t, has_init_image=init_image is not None, has_mask=inpaint_mask is not None)
     key = seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
     return self._run(self.params, prompts, key, settings, init_image, inpaint_mask, paint,
-                     paint_weight, paint_outside)
+                     paint_weight, paint_outside, image=image, use_text=use_text)
 
   def __call__(self, prompts: str | Sequence[str], num_inference_steps: int | None = None,
                guidance_scale: float = 5.0, truncation_rate: float = 1.0, seed: int = 0,
@@ -298,7 +344,8 @@ class VQDiffusionPipeline:
                inpaint_mask: Any = None, start_t: int | None = None,
                paint: paint_lib.PaintSpec | None = None,
                paint_weight: float = paint_lib.DEFAULT_PAINT_WEIGHT,
-               paint_outside: float = paint_lib.DEFAULT_PAINT_OUTSIDE) -> np.ndarray:
+               paint_outside: float = paint_lib.DEFAULT_PAINT_OUTSIDE, image: Any = None,
+               use_text: bool = True) -> np.ndarray:
     """Generates uint8 images ``[B, H, W, 3]`` (numpy), one per prompt.
 
     Args:
@@ -324,7 +371,12 @@ class VQDiffusionPipeline:
         (``vqd_jax.inference.generate.paint_bias``).
       paint_outside: the same bias, times minus this, on the phrase's tokens outside its mask
         (0: eDiff-I's rule, inside only).
+      image: a reference image (uint8 ``[H, W, 3]`` or one per prompt ``[B, H, W, 3]``, any
+        size) for a model conditioned on a ``clip_image`` source; None: that source's null.
+      use_text: False conditions on the image alone (every text source reads as its null; the
+        prompts then only set the batch size).
     """
     return np.asarray(self._call(prompts, seed, num_inference_steps, guidance_scale,
                                  truncation_rate, purity_weight, init_image, inpaint_mask,
-                                 start_t, paint, paint_weight, paint_outside)[1])
+                                 start_t, paint, paint_weight, paint_outside, image=image,
+                                 use_text=use_text)[1])

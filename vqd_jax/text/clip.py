@@ -97,10 +97,12 @@ class CLIPMLP(nn.Module):
 
 
 class CLIPEncoderLayer(nn.Module):
-  """Pre-LN block: ``x + attn(ln1(x))`` (causal self-attention) then ``x + mlp(ln2(x))``."""
+  """Pre-LN block: ``x + attn(ln1(x))`` (causal self-attention; ``causal=False`` for the image
+  tower) then ``x + mlp(ln2(x))``."""
   config: CLIPTextConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  causal: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
@@ -108,8 +110,8 @@ class CLIPEncoderLayer(nn.Module):
     cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     heads = cfg.num_attention_heads
     h = layer_norm(name="layer_norm1", epsilon=cfg.layer_norm_eps, **kw)(x)
-    x = x + Attention(heads, cfg.hidden_size // heads, causal=True, projection_names=HF_PROJECTIONS,
-                      name="self_attn", **kw)(h, key_mask=key_mask)
+    x = x + Attention(heads, cfg.hidden_size // heads, causal=self.causal,
+                      projection_names=HF_PROJECTIONS, name="self_attn", **kw)(h, key_mask=key_mask)
     h = layer_norm(name="layer_norm2", epsilon=cfg.layer_norm_eps, **kw)(x)
     return x + CLIPMLP(cfg, name="mlp", **kw)(h)
 
@@ -119,12 +121,13 @@ class CLIPEncoder(nn.Module):
   config: CLIPTextConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  causal: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
     for i in range(self.config.num_hidden_layers):
       x = CLIPEncoderLayer(self.config, dtype=self.dtype, param_dtype=self.param_dtype,
-                           name=f"layers_{i}")(x, key_mask)
+                           causal=self.causal, name=f"layers_{i}")(x, key_mask)
     return x
 
 

@@ -5,6 +5,10 @@
   null = conditioner.null(params, batch_size)      # the unconditional branch of guidance
   cond = conditioner.drop(key, cond, null, rate)   # caption dropout while training
 
+With precomputed embedding sources (``embeddings``: eDiff-I's T5 / CLIP text / CLIP image, see
+:mod:`vqd_jax.text.embeddings`) ``encode`` also takes their batch entries; each source then owns a
+segment of the context after the text tokens, and ``drop`` drops every source independently.
+
 Training, the pipeline and the sample command all go through it, so an encoder is a choice made
 once, in the config: ``word`` (a small ``TextEncoder`` trained with the denoiser) or ``clip`` (a
 pretrained CLIP text transformer, frozen; VQ-Diffusion's states are L2-normalised per token and
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -26,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqd_jax.text.conditioning import drop_captions
+from vqd_jax.text import embeddings as embeddings_lib
+from vqd_jax.text.conditioning import caption_drop_mask, drop_captions
 
 SOURCES = ("word", "clip")
 
@@ -82,12 +87,14 @@ class Conditioner:
     source: ``word`` or ``clip``.
     trainable: whether training updates the encoder (False: gradients stop at its output).
     use_mask: pass the padding mask to the encoder and the denoiser (VQ-Diffusion's CLIP: False).
+    embeddings: precomputed sources conditioned on besides the text encoder.
   """
   tokenizer: Any
   encoder: nn.Module
   source: str = "word"
   trainable: bool = True
   use_mask: bool = True
+  embeddings: tuple[embeddings_lib.EmbeddingSource, ...] = ()
 
   def __post_init__(self):
     if self.source not in SOURCES:
@@ -104,6 +111,18 @@ class Conditioner:
   def length(self) -> int:
     """L, the number of token positions."""
     return int(self.tokenizer.max_length)
+
+  @property
+  def context_length(self) -> int:
+    """C, the cross-attention context: the text tokens, each source's segment, one null token."""
+    if not self.embeddings:
+      return self.length
+    return self.length + sum(s.context_length for s in self.embeddings) + 1
+
+  @property
+  def pooled_width(self) -> int:
+    """P, the width of the pooled vector for the denoiser's ``global_cond`` (0: none)."""
+    return sum(s.pooled_width for s in self.embeddings)
 
   @property
   def null_init_stddev(self) -> float:
@@ -123,8 +142,17 @@ class Conditioner:
 
   # -- jittable -------------------------------------------------------------------------------------
 
-  def encode(self, params: dict[str, Any], ids: jax.Array, mask: jax.Array) -> Conditioning:
-    """Token ids and mask ``[B, L]`` -> :class:`Conditioning`."""
+  def encode(self, params: dict[str, Any], ids: jax.Array, mask: jax.Array,
+             embedded: Mapping[str, jax.Array] | None = None, use_text: bool = True
+             ) -> Conditioning:
+    """Token ids and mask ``[B, L]`` (and the sources' entries, ``embedded``) -> Conditioning
+    (``states [B, C, D]``). A source missing from ``embedded`` contributes its null;
+    ``use_text=False`` puts the text encoder's null in place of the prompt (e.g. image only)."""
+    text_cond = (self._encode_text(params, ids, mask) if use_text
+                 else self._text_null(params, ids.shape[0]))
+    return self._with_embeddings(params, text_cond, embedded or {})
+
+  def _encode_text(self, params: dict[str, Any], ids: jax.Array, mask: jax.Array) -> Conditioning:
     variables = {"params": params["text_encoder"]}
     if self.source == "clip":
       states = self.encoder.apply(variables, ids, mask if self.use_mask else None, normalize=True)
@@ -134,8 +162,24 @@ class Conditioner:
       states = jax.lax.stop_gradient(states)
     return Conditioning(states=states, mask=mask if self.use_mask else None)
 
+  def _with_embeddings(self, params: dict[str, Any], text_cond: Conditioning,
+                       embedded: Mapping[str, jax.Array]) -> Conditioning:
+    if not self.embeddings:
+      return text_cond
+    b = text_cond.batch_size
+    states, mask, pooled = embeddings_lib.embedding_context(
+        params["embeddings"], self.embeddings, embedded, None, b, text_cond.states.dtype)
+    text_mask = (text_cond.mask if text_cond.mask is not None
+                 else jnp.ones(text_cond.states.shape[:2], bool))
+    return Conditioning(states=jnp.concatenate([text_cond.states, states], 1),
+                        mask=jnp.concatenate([text_mask, mask], 1), pooled=pooled)
+
   def null(self, params: dict[str, Any], batch_size: int) -> Conditioning:
-    """The unconditional rows: the learned null embedding, else the encoded empty prompt."""
+    """The unconditional rows: the learned null embedding (else the encoded empty prompt) and
+    every source's null."""
+    return self._with_embeddings(params, self._text_null(params, batch_size), {})
+
+  def _text_null(self, params: dict[str, Any], batch_size: int) -> Conditioning:
     if "null_embedding" in params:
       null = params["null_embedding"]
       states = jnp.broadcast_to(null, (batch_size,) + null.shape)
@@ -145,13 +189,31 @@ class Conditioner:
       raise ValueError("Classifier-free guidance needs a learned null embedding, and these "
                        "parameters have none; sample with guidance_scale=1.")
     ids, mask = (jnp.asarray(np.repeat(x, batch_size, axis=0)) for x in self._empty_prompt)
-    return self.encode(params, ids, mask)
+    return self._encode_text(params, ids, mask)
 
   def drop(self, key: jax.Array, cond: Conditioning, null: Conditioning, rate: float
            ) -> Conditioning:
-    """Replaces each row's conditioning by ``null`` with probability ``rate`` (training)."""
-    states, mask = drop_captions(key, cond.states, cond.mask, null.states, rate)
-    return cond.replace(states=states, mask=mask)
+    """Replaces each row's text by ``null``'s with probability ``rate`` and each embedding source
+    by its null with the source's own rate, all independently (training)."""
+    if not self.embeddings:
+      states, mask = drop_captions(key, cond.states, cond.mask, null.states, rate)
+      return cond.replace(states=states, mask=mask)
+    b = cond.batch_size
+    text_dropped = caption_drop_mask(key, b, rate)
+    dropped = embeddings_lib.source_drop_masks(jax.random.fold_in(key, 1), b, self.embeddings)
+    position = [jnp.broadcast_to(text_dropped[:, None], (b, self.length))]
+    position += [jnp.broadcast_to(dropped[s.name][:, None], (b, s.context_length))
+                 for s in self.embeddings]
+    position = jnp.concatenate(position + [jnp.zeros((b, 1), bool)], 1)
+    states = jnp.where(position[..., None], null.states.astype(cond.states.dtype), cond.states)
+    mask = jnp.where(position, True, cond.mask)
+    pooled = cond.pooled
+    if pooled is not None:
+      pooled_dropped = jnp.concatenate([
+          jnp.broadcast_to(dropped[s.name][:, None], (b, s.pooled_width))
+          for s in self.embeddings if s.has_pooled], 1)
+      pooled = jnp.where(pooled_dropped, null.pooled, pooled)
+    return cond.replace(states=states, mask=mask, pooled=pooled)
 
   # -- parameters -----------------------------------------------------------------------------------
 
@@ -167,7 +229,11 @@ class Conditioner:
       encoder = pretrained
     null = nn.with_logical_partitioning(nn.initializers.normal(self.null_init_stddev),
                                         ("length", "text_embed"))(key_null, (self.length, self.width))
-    return {"text_encoder": encoder, "null_embedding": null}
+    params = {"text_encoder": encoder, "null_embedding": null}
+    if self.embeddings:
+      params["embeddings"] = embeddings_lib.projection_params(
+          jax.random.fold_in(key_null, 1), self.embeddings, self.width, self.null_init_stddev)
+    return params
 
   def trainable_labels(self, params: dict[str, Any]) -> dict[str, Any]:
     """The same tree as ``params`` with ``"train"`` or ``"freeze"`` per leaf (for optax)."""

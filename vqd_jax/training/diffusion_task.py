@@ -33,7 +33,8 @@ class DiffusionTask(TokenModelTask):
 
   def build_model(self):
     self.process = build.process(self.config, self.num_classes)
-    return build.denoiser(self.config, self.num_classes, self.grid, self.conditioner.width)
+    return build.denoiser(self.config, self.num_classes, self.grid, self.conditioner.width,
+                          self.conditioner.pooled_width)
 
   @property
   def denoiser(self):

@@ -2,11 +2,18 @@
 
 The loop hands over device arrays; they are fetched here, every ``log_every`` steps, so training never
 blocks on its results step by step.
+
+A resumed run continues the history of the run it resumes: ``metrics.jsonl`` loses the lines after
+the restored step (a killed run logged steps that its last checkpoint does not hold, and they are
+trained again), rewritten atomically. TensorBoard event files are append-only and tensorboardX
+cannot delete events, so a resumed writer starts its file with a purge marker (``purge_step``, a
+``SessionLog.START`` event): TensorBoard then hides the older events at or after that step.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -14,19 +21,64 @@ from typing import Any
 import jax
 import numpy as np
 
+from vqd_jax.training import nonfinite
+
+log = logging.getLogger(__name__)
+
+
+def truncate_jsonl(path: str, last_step: int) -> int:
+  """Keeps the lines of ``path`` with ``step <= last_step`` (and drops unreadable ones, such as a
+  line cut short by a kill); rewrites the file atomically. Returns the number of lines dropped."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  dropped = len(lines) - len(kept)
+  if dropped:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)  # a kill during the rewrite leaves the old file, never half of it
+  return dropped
+
 
 class MetricWriter:
-  """Writes scalars to ``workdir/tensorboard`` and ``workdir/metrics.jsonl`` (process 0 only)."""
+  """Writes scalars to ``workdir/tensorboard`` and ``workdir/metrics.jsonl`` (process 0 only).
 
-  def __init__(self, workdir: str, enabled: bool | None = None):
+  ``resume_step``: the step the run starts from (0 for a fresh start); the history after it is
+  dropped (see the module docstring). None appends to whatever is there.
+  """
+
+  def __init__(self, workdir: str, enabled: bool | None = None, resume_step: int | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._tb = None
     self._jsonl = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
+      path = os.path.join(workdir, "metrics.jsonl")
+      purge_step = None
+      if resume_step is not None:
+        dropped = truncate_jsonl(path, resume_step)
+        if dropped:
+          log.info("Dropped %d lines after step %d from %s: they are trained again.", dropped,
+                   resume_step, path)
+        purge_step = resume_step + 1
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      # Event files are named by the second they open in: the suffix keeps a quick restart from
+      # overwriting the previous file, and sorts after it.
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30,
+                               purge_step=purge_step, filename_suffix=f".{time.time_ns()}")
+      self._jsonl = open(path, "a", encoding="utf-8")
 
   def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
@@ -60,18 +112,22 @@ class MetricBuffer:
     self._steps += 1
 
   def flush(self) -> dict[str, float]:
-    """Means over the buffered steps plus ``steps_per_sec``; raises on a non-finite loss."""
+    """Means over the buffered steps plus ``steps_per_sec``.
+
+    Steps flagged ``nonfinite`` (their update was dropped) are left out of the means and counted
+    in ``nonfinite_steps``.
+    """
     if not self._pending:
       return {}
     fetched = jax.device_get(self._pending)
-    out = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    flag = nonfinite.FLAG
+    good = [m for m in fetched if not int(m.get(flag, 0))]
+    out = {k: float(np.mean([m[k] for m in good])) for k in fetched[0] if k != flag and good}
+    if flag in fetched[0]:
+      out["nonfinite_steps"] = float(len(fetched) - len(good))
     now = time.perf_counter()
     out["steps_per_sec"] = self._steps / max(now - self._t0, 1e-9)
     self._pending, self._steps, self._t0 = [], 0, now
-    if "loss" in out and not np.isfinite(out["loss"]):
-      raise FloatingPointError(
-          f"Training loss became {out['loss']}: lower optim.lr or raise optim.warmup_steps, then "
-          "resume from the last checkpoint (it holds the last finite state).")
     return out
 
 

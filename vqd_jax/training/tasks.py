@@ -23,5 +23,8 @@ def make_task(config: ml_collections.ConfigDict, workdir: str):
   if config.stage == "ctf_fine":
     from vqd_jax.training.ctf_task import FineTask  # pylint: disable=import-outside-toplevel
     return FineTask(config, workdir)
-  raise ValueError(f"config.stage must be 'vqvae', 'diffusion', 'ar' or 'ctf_fine', got "
+  if config.stage == "clip":
+    from vqd_jax.training.clip_task import CLIPTask  # pylint: disable=import-outside-toplevel
+    return CLIPTask(config, workdir)
+  raise ValueError(f"config.stage must be 'vqvae', 'diffusion', 'ar', 'ctf_fine' or 'clip', got "
                    f"{config.stage!r}.")

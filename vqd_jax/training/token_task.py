@@ -42,8 +42,38 @@ def _write_once(path: str, write) -> None:
     os.replace(path + ".tmp", path)
 
 
+def save_embedding_layout(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes ``embeddings.json``: the layout of the sources the config enables, as the token
+  records hold them (once; a resumed run keeps it)."""
+  configured = build.configured_embeddings(config)
+  path = os.path.join(workdir, build.EMBEDDINGS_FILE)
+  if not configured or os.path.exists(path):
+    return
+  if config.data.source != "tokens":
+    raise ValueError(f"config.embeddings enables {sorted(configured)}, which are precomputed: "
+                     "train on token records (--config.data.source=tokens) written by "
+                     "`python -m vqd_jax.encode` with the same config.")
+  from vqd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  layout = {s["name"]: s for s in data_lib.TokenSource(config.data.path).embeddings}
+  missing = sorted(set(configured) - set(layout))
+  if missing:
+    raise ValueError(f"config.embeddings names {missing}, but the token records in "
+                     f"{config.data.path} hold {sorted(layout) or 'no embeddings'}; re-run "
+                     "`python -m vqd_jax.encode` with this config.")
+  sources = [{**layout[name], "drop_rate": float(section.drop_rate),
+              "path": os.path.abspath(section.path)} for name, section in configured.items()]
+  for s in sources:  # checks the layout and the rate
+    text_lib.EmbeddingSource(**{k: v for k, v in s.items() if k != "path"})
+
+  def write(tmp):
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump({"sources": sources}, f, indent=2)
+  _write_once(path, write)
+
+
 def save_text_assets(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Saves what the run's conditioner needs in ``workdir`` (once; a resumed run keeps them)."""
+  save_embedding_layout(config, workdir)
   if config.text.encoder == "clip":
     if not os.path.exists(os.path.join(workdir, build.CLIP_TEXT_DIR, "config.json")):
       if not config.text.clip_path:
@@ -159,7 +189,9 @@ class TokenModelTask(abc.ABC):
 
   def conditioning(self, params, batch, key) -> text_lib.Conditioning:
     """The batch's text conditioning, captions dropped to the null embedding at the set rate."""
-    cond = self.conditioner.encode(params, batch["text_ids"], batch["text_mask"])
+    embedded = {k: batch[k] for s in self.conditioner.embeddings for k in s.batch_keys()
+                if k in batch}
+    cond = self.conditioner.encode(params, batch["text_ids"], batch["text_mask"], embedded)
     rows = batch["text_ids"].shape[0]
     return self.conditioner.drop(key, cond, self.conditioner.null(params, rows),
                                  self.config.data.caption_drop_rate)
@@ -194,9 +226,9 @@ class TokenModelTask(abc.ABC):
     k_tr, k_te, k_null = jax.random.split(jax.random.key(seed, impl="rbg"), 3)
     ids, mask = batch["text_ids"], batch["text_mask"]
     params = self.conditioner.init(k_te, k_null, ids, mask, self._pretrained_text_params())
-    states = jnp.zeros((ids.shape[0], self.conditioner.length, self.conditioner.width),
+    states = jnp.zeros((ids.shape[0], self.conditioner.context_length, self.conditioner.width),
                        jnp.float32)
-    params["transformer"] = self.init_model(k_tr, states, mask)
+    params["transformer"] = self.init_model(k_tr, states, jnp.ones(states.shape[:2], bool))
     return params
 
   # -- training -----------------------------------------------------------------------------------
@@ -220,16 +252,25 @@ class TokenModelTask(abc.ABC):
   def generate(self, params, prompts: Sequence[str], key: jax.Array) -> np.ndarray:
     """uint8 images ``[B, H, W, 3]`` for ``prompts`` (through :meth:`preview_tokens`)."""
     if self._preview_program is None:
-      def program(params, ids, mask, key):
-        cond = self.conditioner.encode(params, ids, mask)
+      def program(params, ids, mask, embedded, key):
+        cond = self.conditioner.encode(params, ids, mask, embedded)
         null = self.conditioner.null(params, ids.shape[0])
         return self.preview_tokens(params, cond, null, key)
 
       self._preview_program = jax.jit(program)
     ids, mask = self.conditioner.tokenize(list(prompts))
-    tokens = self._preview_program(self.place(params), jnp.asarray(ids), jnp.asarray(mask), key)
+    embedded = text_lib.frozen.embed_inputs(self._frozen_encoders, self.conditioner.embeddings,
+                                            prompts=list(prompts))
+    tokens = self._preview_program(self.place(params), jnp.asarray(ids), jnp.asarray(mask),
+                                   embedded, key)
     # Through the host: the frozen autoencoder lives on one device, the tokens may span several.
     return np.asarray(self.vq.decode(self.preview_codes(np.asarray(tokens))))
+
+  @functools.cached_property
+  def _frozen_encoders(self) -> dict[str, Any]:
+    """The embedding sources' text encoders, for preview prompts (loaded at the first preview)."""
+    paths = {n: p for n, p in build.embedding_paths(self.workdir).items() if n != "clip_image"}
+    return text_lib.frozen.load_source_encoders(paths)
 
   def place(self, params: Any) -> Any:
     """``params`` where the preview program runs them (as they are, unless a subclass lays them
