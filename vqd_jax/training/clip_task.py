@@ -167,15 +167,8 @@ class CLIPTask:
                  ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
     del key  # deterministic: no dropout, no augmentation on the device
     grads, metrics = jax.grad(self.loss_fn, has_aux=True)(state.params, batch)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema is not None:
-      ema = state_lib.ema_update(ema, params, state_lib.ema_decay_at(
-          state.step, self.config.train.ema_decay))
     metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                         ema_params=ema), metrics
+    return state_lib.apply_gradients(state, grads, self.tx, self.config.train.ema_decay), metrics
 
   # -- evaluation and export ----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import flax.struct
 import jax
 import jax.numpy as jnp
+import optax
 
 PyTree = Any
 
@@ -59,3 +60,16 @@ def ema_decay_at(step: jax.Array, decay: float, warmup: int = 0) -> jax.Array:
   step = jnp.asarray(step, jnp.float32)
   ramp = (1.0 + step) / (10.0 + step)
   return jnp.where(step < warmup, 0.0, jnp.minimum(decay, ramp))
+
+
+def apply_gradients(state: TrainState, grads: PyTree, tx, ema_decay: float, **fields: Any
+                    ) -> TrainState:
+  """One optimizer step: new params and optimizer state, the EMA moved towards the new params,
+  ``step + 1``, and any other ``fields`` of the state replaced."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = state.ema_params
+  if ema is not None:
+    ema = ema_update(ema, params, ema_decay_at(state.step, ema_decay))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
+                       **fields)

@@ -236,16 +236,9 @@ class TokenModelTask(abc.ABC):
   def train_step(self, state: state_lib.TrainState, batch, key):
     grads, (metrics, aux) = jax.grad(self.step_loss, has_aux=True)(state.params, batch, key,
                                                                    state.extra, state.step)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema is not None:
-      ema = state_lib.ema_update(ema, params, state_lib.ema_decay_at(
-          state.step, self.config.train.ema_decay))
     metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=ema, extra=self.update_extra(state.extra, aux))
-    return new_state, metrics
+    return state_lib.apply_gradients(state, grads, self.tx, self.config.train.ema_decay,
+                                     extra=self.update_extra(state.extra, aux)), metrics
 
   # -- previews -----------------------------------------------------------------------------------
 
