@@ -9,7 +9,6 @@ import glob
 import json
 import os
 import shutil
-import struct
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +19,7 @@ from orbax.checkpoint._src.path import atomicity
 
 from vqd_jax import configs_io
 from vqd_jax import checkpoint as ckpt_lib
-from vqd_jax.training import loop
+from vqd_jax.training import loop, metrics
 from vqd_jax.training.state import TrainState
 
 TINY = "configs/vqvae.py:tiny"
@@ -151,31 +150,11 @@ def test_restore_step_goes_back_past_a_damaged_step(base_run, tmp_path, caplog):
 # -- metrics.jsonl and TensorBoard across a kill ------------------------------------------------
 
 
-def _tfrecords(path):
-  with open(path, "rb") as f:
-    data = f.read()
-  at = 0
-  while at < len(data):
-    (length,) = struct.unpack("<Q", data[at:at + 8])
-    yield data[at + 12:at + 12 + length]
-    at += 12 + length + 4
-
-
 def _tensorboard_losses(workdir):
-  """``{step: loss}`` as TensorBoard shows it: a SessionLog.START event at step s hides the events
-  at steps >= s that earlier files hold (TensorBoard's purge on restart)."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
-  seen = {}
-  for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))):
-    for record in _tfrecords(path):
-      event = event_pb2.Event.FromString(record)
-      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
-        seen = {s: v for s, v in seen.items() if s < event.step}
-      for value in event.summary.value:
-        if value.tag == "loss":
-          assert event.step not in seen, f"step {event.step} shown twice"
-          seen[event.step] = value.simple_value
-  return seen
+  """``{step: loss}`` as TensorBoard shows it, each step once."""
+  shown = metrics.tensorboard_scalars(workdir, "loss")
+  assert all(len(v) == 1 for v in shown.values()), f"steps shown twice: {shown}"
+  return {s: v[0] for s, v in shown.items()}
 
 
 def test_a_run_killed_between_checkpoints_resumes_into_one_history(base_run, tmp_path, caplog):

@@ -14,12 +14,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
-from vqd_jax import configs_io  # noqa: E402
+from vqd_jax import build, configs_io  # noqa: E402
 from vqd_jax.interop.clip import load_clip_text_encoder  # noqa: E402
 from vqd_jax.interop.clip_vision import load_clip_vision_encoder  # noqa: E402
-from vqd_jax.text import CLIPImageEncoder, WordTokenizer, clip_preprocess  # noqa: E402
+from vqd_jax.text import CLIPImageEncoder, WordTokenizer, clip_preprocess, load_encoder  # noqa: E402
 from vqd_jax.text import contrastive  # noqa: E402
 from vqd_jax.text.dual_encoder import pool_at_eos  # noqa: E402
+from vqd_jax.evaluation import clip_score  # noqa: E402
 from vqd_jax.training import clip_task, loop  # noqa: E402
 
 ATOL = 1e-4
@@ -159,6 +160,7 @@ def test_exported_towers_load_back_with_the_trained_embeddings(tiny_run):
   task, params = clip_task.trained_params(workdir)
   images, ids, mask, _ = task.held_out()
   images, ids, mask = images[:8], ids[:8], mask[:8]
+  captions = task.tokenizer.decode(ids)
   want_image, want_text = task.embed(params, jnp.asarray(images), jnp.asarray(ids),
                                      jnp.asarray(mask))
   image_dir = os.path.join(workdir, clip_task.IMAGE_DIR)
@@ -177,6 +179,11 @@ def test_exported_towers_load_back_with_the_trained_embeddings(tiny_run):
   projection = load_file(os.path.join(text_dir, "model.safetensors"))["text_projection.weight"]
   got_text = pool_at_eos(states, jnp.asarray(ids), tokenizer.eos_id) @ projection.T
   np.testing.assert_allclose(got_text, want_text, atol=ATOL)
+  # As frozen sources through the public loader, with the word tokenizer read from the folder.
+  text_source = load_encoder(text_dir)
+  assert text_source.kind == "clip_text" and isinstance(text_source.tokenizer, WordTokenizer)
+  np.testing.assert_allclose(text_source.encode(captions)[2], want_text, atol=ATOL)
+  np.testing.assert_allclose(load_encoder(image_dir).encode_images(images), want_image, atol=ATOL)
   # Re-exporting from the checkpoint writes the same weights.
   before = load_file(os.path.join(image_dir, "model.safetensors"))
   clip_task.export_run(workdir)
@@ -225,3 +232,31 @@ def test_sigmoid_task_has_a_bias_and_bad_configs_fail(tmp_path):
   bad = configs_io.load_config("configs/clip.py:tiny", ["loss=hinge"])
   with pytest.raises(ValueError, match="softmax"):
     clip_task.CLIPTask(bad, str(tmp_path / "bad"))
+
+
+def test_exported_text_tower_serves_as_a_denoisers_frozen_text_encoder(tiny_run, tmp_path):
+  workdir, _, _ = tiny_run
+  task, _ = clip_task.trained_params(workdir)
+  text_dir = os.path.join(workdir, clip_task.TEXT_DIR)
+  run = str(tmp_path / "run")
+  build.save_clip_description(text_dir, run)  # what a text.encoder=clip run keeps
+  config = configs_io.load_config("configs/diffusion.py:tiny", [
+      "text.encoder=clip", f"text.clip_path={text_dir}",
+      f"text.max_length={task.tokenizer.max_length}"])
+  conditioner = build.conditioner(config, run)
+  assert isinstance(conditioner.tokenizer, WordTokenizer)
+  prompts = ["a large red circle", "a small blue square above a large green triangle"]
+  np.testing.assert_array_equal(conditioner.tokenize(prompts)[0], task.tokenizer(prompts)[0])
+  too_long = configs_io.load_config("configs/diffusion.py:tiny", [
+      "text.encoder=clip", f"text.clip_path={text_dir}", "text.max_length=500"])
+  with pytest.raises(ValueError, match="exceeds the CLIP encoder's"):
+    build.conditioner(too_long, run)
+
+
+def test_a_trained_run_gives_matching_captions_a_higher_clip_score(tiny_run):
+  workdir, config, _ = tiny_run
+  images, captions = clip_task.held_out_examples(config)
+  scorer = clip_score.load_clip_scorer(workdir)  # the run's clip_text/ and clip_image/
+  matched = clip_score.clip_scores(*scorer, images, captions)
+  shuffled = clip_score.clip_scores(*scorer, images, captions[1:] + captions[:1])
+  assert matched.mean() > shuffled.mean() + 3 * shuffled.std() / np.sqrt(len(shuffled))

@@ -1,7 +1,8 @@
-"""A denoiser conditioned on precomputed embeddings, as users run it: tiny random encoders in the
-transformers layout -> ``python -m vqd_jax.encode`` stores their outputs in the token records ->
-training (resumes exactly) -> the pipeline and ``python -m vqd_jax.sample`` with each subset of
-sources. The frozen CLIP text source is checked against transformers' PyTorch model."""
+"""A denoiser conditioned on precomputed embeddings, as users run it: tiny random T5, CLIP text and
+CLIP image encoders in the transformers layout -> ``python -m vqd_jax.encode`` stores their outputs
+in the token records -> training (resumes exactly) -> the pipeline and ``python -m vqd_jax.sample``
+with each subset of sources. The frozen CLIP text source is checked against transformers' PyTorch
+model (the T5 and image towers in their own reference tests)."""
 
 import json
 import os
@@ -12,9 +13,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from test_clip_text import write_tiny_clip_tokenizer  # noqa: E402
+from test_clip_vision_vs_transformers import PROCESSOR, TOWER  # noqa: E402
+from test_t5_vs_transformers import save_tiny_t5  # noqa: E402
 from test_training_loop import _assert_resume_matches  # noqa: E402
 from vqd_jax import build, configs_io, encode, sample  # noqa: E402
+from vqd_jax import images as images_lib  # noqa: E402
 from vqd_jax.data import TokenSource  # noqa: E402
+from vqd_jax.data.shapes import ShapesSource  # noqa: E402
 from vqd_jax.inference import VQDiffusionPipeline  # noqa: E402
 from vqd_jax.text import load_encoder  # noqa: E402
 from vqd_jax.training import loop  # noqa: E402
@@ -25,6 +30,8 @@ transformers = pytest.importorskip("transformers", reason="the checkpoints are s
 
 pytestmark = pytest.mark.reference
 CLIP_TEXT_LENGTH = 8
+T5_LENGTH = 6
+NAMES = ["clip_image", "clip_text", "t5"]  # the order of the records' layout
 
 
 @pytest.fixture(scope="module")
@@ -64,40 +71,69 @@ def _encode_records(vq_dir, out, overrides, capsys=None):
 
 
 @pytest.fixture(scope="module")
-def embedding_run(clip_text_dir, tiny_vq_dir, tmp_path_factory):
-  """Token records with CLIP text embeddings, and a tiny denoiser trained 4 steps on them."""
+def source_dirs(clip_text_dir, tmp_path_factory):
+  """``{name: folder}``: tiny random T5 encoder, CLIP text and CLIP vision checkpoints."""
+  t5_dir = tmp_path_factory.mktemp("t5")
+  save_tiny_t5(t5_dir)
+  torch.manual_seed(2)
+  vision_dir = str(tmp_path_factory.mktemp("clip_image"))
+  config = transformers.CLIPVisionConfig(**TOWER, projection_dim=16)
+  transformers.CLIPVisionModelWithProjection(config).eval().save_pretrained(vision_dir)
+  transformers.CLIPImageProcessor(**PROCESSOR).save_pretrained(vision_dir)
+  return {"t5": str(t5_dir), "clip_text": clip_text_dir[0], "clip_image": vision_dir}
+
+
+def _source_overrides(dirs, prefix=""):
+  return [f"{prefix}embeddings.{name}.path={path}" for name, path in dirs.items()] + [
+      f"{prefix}embeddings.clip_text.max_length={CLIP_TEXT_LENGTH}",
+      f"{prefix}embeddings.t5.max_length={T5_LENGTH}"]
+
+
+@pytest.fixture(scope="module")
+def embedding_run(source_dirs, tiny_vq_dir, tmp_path_factory):
+  """Token records with T5, CLIP text and CLIP image embeddings, and a tiny denoiser trained 4
+  steps on them."""
   root = tmp_path_factory.mktemp("embedding_run")
   tokens = str(root / "tokens")
-  sources = [f"--config.embeddings.clip_text.path={clip_text_dir[0]}",
-             f"--config.embeddings.clip_text.max_length={CLIP_TEXT_LENGTH}"]
-  _encode_records(tiny_vq_dir, tokens, sources)
+  _encode_records(tiny_vq_dir, tokens, _source_overrides(source_dirs, "--config."))
   overrides = [f"vqvae_workdir={tiny_vq_dir}", "data.source=tokens", f"data.path={tokens}",
-               f"embeddings.clip_text.path={clip_text_dir[0]}",
-               f"embeddings.clip_text.max_length={CLIP_TEXT_LENGTH}", "train.sample_every=4"]
+               "train.sample_every=4"] + _source_overrides(source_dirs)
   workdir = str(root / "dm")
   loop.train_and_evaluate(configs_io.load_config("configs/diffusion.py:tiny", overrides), workdir)
   return tokens, workdir, overrides
 
 
-def test_records_hold_the_encoders_outputs(clip_text_dir, embedding_run):
-  tokens, _, _ = embedding_run
+def test_records_hold_the_encoders_outputs(source_dirs, embedding_run):
+  tokens, _, overrides = embedding_run
   source = TokenSource(tokens)
-  assert [s["name"] for s in source.embeddings] == ["clip_text"]
-  assert source.embeddings[0] == {"name": "clip_text", "width": 32, "length": CLIP_TEXT_LENGTH,
+  assert [s["name"] for s in source.embeddings] == NAMES
+  assert source.embeddings[1] == {"name": "clip_text", "width": 32, "length": CLIP_TEXT_LENGTH,
                                   "pooled_width": 24, "drop_rate": 0.2}
   record = source[3]
   assert record["clip_text_states"].dtype == np.float16
-  states, mask, pooled = load_encoder(clip_text_dir[0]).encode([record["caption"]])
-  np.testing.assert_allclose(record["clip_text_states"], states[0, :CLIP_TEXT_LENGTH], atol=2e-3,
-                             rtol=2e-3)  # float16 storage
+  close = dict(atol=2e-3, rtol=2e-3)  # float16 storage
+  states, mask, pooled = load_encoder(source_dirs["clip_text"]).encode([record["caption"]])
+  np.testing.assert_allclose(record["clip_text_states"], states[0, :CLIP_TEXT_LENGTH], **close)
   np.testing.assert_array_equal(record["clip_text_mask"], mask[0, :CLIP_TEXT_LENGTH])
-  np.testing.assert_allclose(record["clip_text_pooled"], pooled[0], atol=2e-3, rtol=2e-3)
+  np.testing.assert_allclose(record["clip_text_pooled"], pooled[0], **close)
+  states, mask = load_encoder(source_dirs["t5"]).encode_text([record["caption"]])
+  length = min(T5_LENGTH, states.shape[1])
+  np.testing.assert_allclose(record["t5_states"][:length], states[0, :length], **close)
+  np.testing.assert_array_equal(record["t5_mask"][:length], mask[0, :length])
+  # The image embedding is the one of the record's own image (the data are regenerated here).
+  data = configs_io.load_config("configs/diffusion.py:tiny", overrides).data
+  example = ShapesSource(resolution=data.image_size, seed=data.seed,
+                         two_object_prob=data.two_object_prob)[3]
+  assert example["caption"] == record["caption"]
+  image_embeds = load_encoder(source_dirs["clip_image"]).encode_images(example["image"][None])
+  np.testing.assert_allclose(record["clip_image_pooled"], image_embeds[0], **close)
 
 
 def test_the_run_trains_and_keeps_its_layout(embedding_run):
   _, workdir, _ = embedding_run
   sources = build.embedding_sources(workdir)
-  assert [(s.name, s.length, s.pooled_width) for s in sources] == [("clip_text", 8, 24)]
+  assert [(s.name, s.length, s.pooled_width) for s in sources] == [
+      ("clip_image", 0, 16), ("clip_text", CLIP_TEXT_LENGTH, 24), ("t5", T5_LENGTH, 0)]
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     losses = [json.loads(line)["loss"] for line in f if '"loss"' in line]
   assert losses and np.all(np.isfinite(losses))
@@ -110,20 +146,28 @@ def test_the_run_resumes_exactly(embedding_run, tiny_vq_dir, tmp_path):
                          **dict(o.split("=", 1) for o in overrides))
 
 
-def test_pipeline_samples_with_and_without_the_source(embedding_run):
+def test_pipeline_samples_with_each_subset_of_sources(embedding_run):
   _, workdir, _ = embedding_run
   pipe = VQDiffusionPipeline.from_run(workdir)
-  assert set(pipe.embedders) == {"clip_text"}
+  assert set(pipe.embedders) == set(NAMES)
   prompts = ["a large red circle", "a small blue square"]
-  images = pipe(prompts, num_inference_steps=4, guidance_scale=2.0, seed=1)
-  assert images.shape == (2,) + pipe.image_size + (3,) and images.dtype == np.uint8
-  np.testing.assert_array_equal(images, pipe(prompts, num_inference_steps=4, guidance_scale=2.0,
-                                             seed=1))
-  # The source matters: its null in place of the prompts' embeddings changes the samples.
-  embedded = pipe.embed(prompts, None, 2)
-  assert set(embedded) == {"clip_text_states", "clip_text_mask", "clip_text_pooled"}
-  with pytest.raises(ValueError, match="not conditioned on a clip_image source"):
-    pipe(prompts, num_inference_steps=4, image=np.zeros((8, 8, 3), np.uint8))
+  reference = ShapesSource(resolution=48, seed=5)[0]["image"]  # any size: CLIP preprocesses it
+  kwargs = dict(num_inference_steps=4, guidance_scale=2.0, seed=1)
+  subsets = {"text": {}, "text+image": dict(image=reference),
+             "image": dict(image=reference, use_text=False), "none": dict(use_text=False)}
+  images = {name: pipe(prompts, **kw, **kwargs) for name, kw in subsets.items()}
+  for out in images.values():
+    assert out.shape == (2,) + pipe.image_size + (3,) and out.dtype == np.uint8
+  np.testing.assert_array_equal(images["text"], pipe(prompts, **kwargs))
+  # Each source matters: the same seed gives other samples when a source is added or removed.
+  assert not np.array_equal(images["text"], images["text+image"])
+  assert not np.array_equal(images["image"], images["none"])
+  embedded = pipe.embed(prompts, reference, 2)
+  assert set(embedded) == {"t5_states", "t5_mask", "clip_text_states", "clip_text_mask",
+                           "clip_text_pooled", "clip_image_pooled"}
+  assert set(pipe.embed(None, reference, 2)) == {"clip_image_pooled"}
+  with pytest.raises(ValueError, match="3 reference images for 2 prompts"):
+    pipe(prompts, num_inference_steps=4, image=np.stack([reference] * 3))
   with pytest.raises(ValueError, match="diffusers VQ-Diffusion layout cannot hold"):
     pipe.save_pretrained(os.path.join(workdir, "..", "export"))
 
@@ -134,6 +178,13 @@ def test_the_sample_command_and_its_errors(embedding_run, tmp_path):
   assert sample.main(["--workdir", workdir, "--prompt", "a red circle", "--num-samples", "2",
                       "--steps", "4", "--out", out]) == 0
   assert len(os.listdir(out)) == 4  # two images, grid.png, samples.jsonl
+  reference = str(tmp_path / "ref.png")
+  images_lib.save_png(reference, ShapesSource(resolution=32, seed=5)[0]["image"])
+  for extra in (["--prompt", "a red circle"], ["--image-only"]):
+    folder = str(tmp_path / f"with_image{len(extra)}")
+    assert sample.main(["--workdir", workdir, "--image", reference, "--num-samples", "2",
+                        "--steps", "4", "--out", folder] + extra) == 0
+    assert len(os.listdir(folder)) == 4
   bad = tmp_path / "bad.png"
   bad.write_bytes(b"not a png")
   with pytest.raises(SystemExit, match="cannot be read as an image"):
@@ -142,11 +193,14 @@ def test_the_sample_command_and_its_errors(embedding_run, tmp_path):
     sample.main(["--workdir", workdir, "--prompt", "x", "--image-only", "--out", out])
 
 
-def test_a_source_missing_from_the_records_is_named(embedding_run, clip_text_dir, tmp_path):
-  tokens, _, overrides = embedding_run
-  config = configs_io.load_config("configs/diffusion.py:tiny", overrides + [
-      f"embeddings.t5.path={clip_text_dir[0]}"])
-  with pytest.raises(ValueError, match=r"names \['t5'\].*hold \['clip_text'\]"):
+def test_a_source_missing_from_the_records_is_named(embedding_run, tiny_vq_dir, source_dirs,
+                                                    tmp_path):
+  _, _, overrides = embedding_run
+  tokens = str(tmp_path / "clip_text_tokens")
+  _encode_records(tiny_vq_dir, tokens, _source_overrides({"clip_text": source_dirs["clip_text"]},
+                                                         "--config."))
+  config = configs_io.load_config("configs/diffusion.py:tiny", overrides + [f"data.path={tokens}"])
+  with pytest.raises(ValueError, match=r"names \['clip_image', 't5'\].*hold \['clip_text'\]"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
   config = configs_io.load_config("configs/diffusion.py:tiny", overrides + ["data.source=shapes"])
   with pytest.raises(ValueError, match="precomputed: train on token records"):

@@ -6,6 +6,7 @@
   python -m vqd_jax.bench sample --vs-diffusers [--help]   full pipeline images/s vs diffusers
   python -m vqd_jax.bench models  [--help]   VQD, AR, CTF, CTF-VQD: images/s and FLOPs per image
   python -m vqd_jax.bench suite   [--help]   all of the above as the README reports them
+  python -m vqd_jax.bench chaos   [--help]   SIGKILL a training run at random, compare the result
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ _COMMANDS = {
     "sample": "vqd_jax.benchmarks.sample_vs_diffusers",
     "models": "vqd_jax.benchmarks.models",
     "suite": "vqd_jax.benchmarks.suite",
+    "chaos": "vqd_jax.benchmarks.chaos",
 }
 
 

@@ -26,7 +26,8 @@ CLIP_TEXT_DIR = "clip_text"
 EMBEDDINGS_FILE = "embeddings.json"
 # Files of a CLIP checkpoint folder that describe it (the weights are copied into checkpoints).
 _CLIP_DESCRIPTION = ("config.json", "vocab.json", "merges.txt", "tokenizer.json",
-                     "tokenizer_config.json", "special_tokens_map.json")
+                     "tokenizer_config.json", "special_tokens_map.json",
+                     text.clip_tokenizer.WORD_TOKENIZER_FILE)
 # VQAutoencoder fields the run sets from elsewhere than config.model.
 _AUTOENCODER_DERIVED = {"codebook_ema": "config.loss.codebook_ema",
                         "ema_decay": "config.loss.codebook_ema_decay",
@@ -191,7 +192,7 @@ def _text_conditioner(config: ml_collections.ConfigDict, workdir: str) -> text.C
     if tcfg.max_length > clip_config.max_position_embeddings:
       raise ValueError(f"config.text.max_length={tcfg.max_length} exceeds the CLIP encoder's "
                        f"{clip_config.max_position_embeddings} positions.")
-    tokenizer = text.CLIPTokenizerWrapper.from_pretrained(folder, max_length=tcfg.max_length)
+    tokenizer = text.load_clip_tokenizer(folder, max_length=tcfg.max_length)
     encoder = text.CLIPTextEncoder(clip_config, dtype=dtype)
     return text.Conditioner(tokenizer, encoder, source="clip", trainable=False, use_mask=False)
   raise ValueError(f"config.text.encoder must be one of {text.SOURCES}, got {tcfg.encoder!r}.")
@@ -213,7 +214,9 @@ def save_clip_description(clip_path: str, workdir: str) -> None:
         shutil.copyfile(os.path.join(folder, name), os.path.join(target, name + ".tmp"))
         os.replace(os.path.join(target, name + ".tmp"), os.path.join(target, name))
         copied.append(name)
-  if "config.json" not in copied or not ({"vocab.json", "tokenizer.json"} & set(copied)):
+  tokenizers = {"vocab.json", "tokenizer.json", text.clip_tokenizer.WORD_TOKENIZER_FILE}
+  if "config.json" not in copied or not tokenizers & set(copied):
     raise FileNotFoundError(f"config.text.clip_path={clip_path!r} needs config.json and the CLIP "
-                            "tokenizer files (vocab.json + merges.txt) in the same folder or in a "
+                            "tokenizer files (vocab.json + merges.txt, or the word_tokenizer.json "
+                            "of a tower trained by configs/clip.py) in the same folder or in a "
                             "pipeline root's text_encoder/ and tokenizer/ folders.")

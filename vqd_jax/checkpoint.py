@@ -54,10 +54,13 @@ class Checkpointer:
   ``checksums`` one checksum per array of ``state`` (``checkpoint_health.checksums``).
   """
 
-  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    """``read_only``: for loading; creates nothing on disk and refuses to save."""
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints") if "://" not in workdir \
         else workdir.rstrip("/") + "/checkpoints"
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                           read_only=read_only,
                                            enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
     self._in_flight: int | None = None  # the step of a save that may still be writing
@@ -205,6 +208,14 @@ class Checkpointer:
           f"Checkpoint step {step} in {self.directory} exists but cannot be restored "
           f"({type(e).__name__}: {short}).{_damaged_files(message, self._step_dir(step))} {why}"
       ) from e
+
+  def saved_checksums(self, step: int) -> dict[str, str]:
+    """``{array name: checksum}`` stored with ``step`` (empty for a step saved without them)."""
+    if not self._has_checksums(step):
+      return {}
+    restored = self._restore(step, ocp.args.Composite(checksums=ocp.args.JsonRestore()),
+                             "Its checksums cannot be read.")
+    return dict(restored["checksums"] or {})
 
   def _has_checksums(self, step: int) -> bool:
     return (health.step_path(self.directory, step) / "checksums").exists()

@@ -3,6 +3,8 @@
   python -m vqd_jax.evaluate shapes --samples runs/quickstart/samples
   python -m vqd_jax.evaluate paint --workdir runs/quickstart/diffusion --out runs/paint
   python -m vqd_jax.evaluate prompt-switch --workdir runs/quickstart/diffusion --out runs/switch
+  python -m vqd_jax.evaluate variations --workdir runs/sources --out runs/variations
+  python -m vqd_jax.evaluate clip --samples runs/quickstart/samples --clip runs/clip
 
 ``shapes`` reads SAMPLES/samples.jsonl (one JSON object per line with "file", relative to SAMPLES,
 and "prompt"; ``python -m vqd_jax.sample`` writes it), checks every image against its prompt
@@ -63,6 +65,32 @@ def build_parser() -> argparse.ArgumentParser:
   switch.add_argument("--num-pairs", type=int, default=100,
                       help="Prompt pairs, each sampled once per fraction (default 100).")
   switch.add_argument("--seed", type=int, default=0, help="Sampling seed.")
+  clip = sub.add_parser(
+      "clip", aliases=["clip-score"], help="CLIP score of samples against their prompts.",
+      description="Mean of 100 * max(cos(image, text), 0) over the samples listed in "
+                  "SAMPLES/samples.jsonl, with its standard error, under one CLIP model: a full "
+                  "CLIP folder in the transformers layout, or a configs/clip.py run (its "
+                  "clip_text/ and clip_image/ towers). Writes SAMPLES/clip_score.json.")
+  clip.add_argument("--samples", required=True, metavar="DIR",
+                    help="Folder holding samples.jsonl and the images it lists.")
+  clip.add_argument("--clip", required=True, metavar="DIR",
+                    help="CLIP model folder, or a contrastive run with clip_text/ and clip_image/.")
+  clip.add_argument("--output", default=None, metavar="FILE",
+                    help="Where to write the JSON report (default: DIR/clip_score.json).")
+  variations = sub.add_parser(
+      "variations", help="Image variations and colour conflicts (runs with a clip_image source).",
+      description="Samples held-out shapes references from their image embedding alone, with "
+                  "no input, and from their caption alone, and scores each against the "
+                  "reference's caption; then samples one-object references with a recoloured "
+                  "caption plus the reference image and counts whose colour the image takes. "
+                  "Writes OUT/variations_report.json and OUT/variations_grid.png.")
+  variations.add_argument("--workdir", required=True,
+                          help="Workdir of a shapes diffusion run with a clip_image source.")
+  variations.add_argument("--out", required=True, help="Folder for the report and the grid.")
+  variations.add_argument("--num-references", type=int, default=1000,
+                          help="Held-out reference images (default 1000).")
+  variations.add_argument("--batch-size", type=int, default=50, help="Images per sampling call.")
+  variations.add_argument("--seed", type=int, default=0, help="Sampling seed.")
   return p
 
 
@@ -99,6 +127,24 @@ def run_shapes(args) -> int:
   return 0
 
 
+def run_clip_score(args) -> int:
+  from vqd_jax.evaluation import clip_score  # pylint: disable=import-outside-toplevel
+  try:
+    report = clip_score.score_folder(os.path.abspath(args.samples), args.clip)
+  except (FileNotFoundError, ValueError) as e:
+    raise SystemExit(f"evaluate clip: {e}") from e
+  output = args.output or os.path.join(args.samples, "clip_score.json")
+  with open(output, "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  if report["unreadable"]:
+    print(f"unreadable, left out: {len(report['unreadable'])} ({report['unreadable'][:5]})")
+  print(f"model: {report['model']}")
+  print(f"report: {output}")
+  print(f"standard error {report['standard_error']:.4f} (n={report['num_samples']})")
+  print(f"clip {report['clip_score']:.4f}")
+  return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   if args.metric == "shapes":
@@ -106,6 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.metric == "prompt-switch":
     from vqd_jax.evaluation import prompt_switch  # pylint: disable=import-outside-toplevel
     return prompt_switch.run(args)
+  if args.metric in ("clip", "clip-score"):
+    return run_clip_score(args)
+  if args.metric == "variations":
+    from vqd_jax.evaluation import variations  # pylint: disable=import-outside-toplevel
+    return variations.run(args)
   if args.metric == "paint":
     from vqd_jax.evaluation import paint_run  # pylint: disable=import-outside-toplevel
     return paint_run.run(args)

@@ -23,6 +23,7 @@ import numpy as np
 from vqd_jax import autoregressive, build, ctf, diffusion, text
 from vqd_jax.inference import loading
 from vqd_jax.inference.autoencoder import FrozenAutoencoder
+from vqd_jax.inference.run_autoencoder import run_autoencoder
 
 CoarseSettings = Union[autoregressive.ARSamplerConfig, diffusion.SamplerConfig]
 
@@ -56,7 +57,7 @@ def load_fine_run(workdir: str, step: int | None = None, use_ema: bool = True) -
   ckpt, step, config = loading.open_run(
       workdir, "ctf_fine", step, "python -m vqd_jax.train --config configs/ctf.py:shapes_fine "
       f"--workdir {workdir} --config.vqvae_workdir=...")
-  autoencoder = loading.load_autoencoder(config.vqvae_workdir)
+  autoencoder = run_autoencoder(config, workdir)
   conditioner = build.conditioner(config, workdir)
   table = ctf.load_coarse_table(workdir)
   grid = autoencoder.token_grid(config.data.image_size)

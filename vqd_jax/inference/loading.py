@@ -23,13 +23,14 @@ from vqd_jax import autoregressive, build, diffusion, text
 from vqd_jax import checkpoint as ckpt_lib
 from vqd_jax.inference.autoencoder import FrozenAutoencoder
 from vqd_jax.inference.generate import TokenGenerator
+from vqd_jax.inference.run_autoencoder import run_autoencoder
 from vqd_jax.sharding import on_first_local_device, strip_boxes
 
 
 def open_run(workdir: str, stage: str, step: int | None, train_hint: str
           ) -> tuple[ckpt_lib.Checkpointer, int, ml_collections.ConfigDict]:
   """``(checkpointer, step, config)`` of a ``stage`` run; clear errors when there is none."""
-  ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
+  ckpt = ckpt_lib.Checkpointer(workdir, async_save=False, read_only=True)
   step = ckpt.latest_step() if step is None else step
   if step is None:
     ckpt.close()
@@ -54,6 +55,12 @@ def restore_params(ckpt: ckpt_lib.Checkpointer, step: int, config: ml_collection
 
 def load_autoencoder(workdir: str) -> FrozenAutoencoder:
   """The latest weights of a ``stage=vqvae`` run (EMA weights when the run kept them)."""
+  return load_autoencoder_with_config(workdir)[0]
+
+
+def load_autoencoder_with_config(workdir: str
+                                 ) -> tuple[FrozenAutoencoder, ml_collections.ConfigDict]:
+  """``(autoencoder, the run's config)`` of a ``stage=vqvae`` run."""
   if not workdir:
     raise ValueError("config.vqvae_workdir is empty: point it at the workdir of a trained "
                      "autoencoder (python -m vqd_jax.train --config configs/vqvae.py ...).")
@@ -64,7 +71,7 @@ def load_autoencoder(workdir: str) -> FrozenAutoencoder:
   size = config.data.image_size
   images = jnp.zeros((1, size, size, 3), jnp.float32)
   boxed = jax.eval_shape(lambda k: model.init(k, images, train=True)["params"], jax.random.key(0))
-  return FrozenAutoencoder(model, restore_params(ckpt, step, config, boxed, use_ema=True))
+  return FrozenAutoencoder(model, restore_params(ckpt, step, config, boxed, use_ema=True)), config
 
 
 def sampling_settings(config: ml_collections.ConfigDict, settings_cls: type, prefix: str = "",
@@ -152,7 +159,7 @@ def load_diffusion_run(workdir: str, step: int | None = None, use_ema: bool = Tr
                              "python -m vqd_jax.train --config configs/diffusion.py:shapes "
                              f"--workdir {workdir} --config.vqvae_workdir=...; or sample a "
                              "diffusers checkpoint with --pretrained")
-  autoencoder = load_autoencoder(config.vqvae_workdir)
+  autoencoder = run_autoencoder(config, workdir)
   conditioner, generator = run_networks(config, workdir, autoencoder)
   intervals = build.expert_intervals(config)
   abstract = abstract_params(conditioner, init_denoiser(generator.denoiser))
@@ -190,7 +197,7 @@ def load_ar_run(workdir: str, step: int | None = None, use_ema: bool = True) -> 
   ckpt, step, config = open_run(workdir, "ar", step,
                              "python -m vqd_jax.train --config configs/ar.py:shapes "
                              f"--workdir {workdir} --config.vqvae_workdir=...")
-  autoencoder = load_autoencoder(config.vqvae_workdir)
+  autoencoder = run_autoencoder(config, workdir)
   conditioner = build.conditioner(config, workdir)
   grid = autoencoder.token_grid(config.data.image_size)
   model = build.ar_model(config, build.num_classes(config, autoencoder.num_codes), grid,
@@ -211,7 +218,7 @@ def run_stage(workdir: str) -> str:
   if local and not os.path.isdir(os.path.join(workdir, "checkpoints")):  # nothing created
     raise FileNotFoundError(f"No checkpoint in {os.path.abspath(workdir)}/checkpoints: train a "
                             "run there first (python -m vqd_jax.train ...).")
-  ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
+  ckpt = ckpt_lib.Checkpointer(workdir, async_save=False, read_only=True)
   try:
     step = ckpt.latest_step()
     if step is None:

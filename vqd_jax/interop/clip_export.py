@@ -19,8 +19,7 @@ import numpy as np
 
 from vqd_jax.interop.clip import clip_params_to_state_dict
 from vqd_jax.text.clip import CLIPTextConfig
-
-WORD_TOKENIZER_FILE = "word_tokenizer.json"
+from vqd_jax.text.clip_tokenizer import WORD_TOKENIZER_FILE
 
 
 def text_config_to_hf(config: CLIPTextConfig, projection_dim: int | None, bos_id: int, eos_id: int,

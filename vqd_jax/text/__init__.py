@@ -9,7 +9,7 @@
 """
 
 from vqd_jax.text.clip import CLIPTextConfig, CLIPTextEncoder, clip_config_from_hf, encode_prompts
-from vqd_jax.text.clip_tokenizer import CLIPTokenizerWrapper
+from vqd_jax.text.clip_tokenizer import CLIPTokenizerWrapper, load_clip_tokenizer
 from vqd_jax.text.clip_preprocess import clip_preprocess
 from vqd_jax.text.clip_vision import CLIPImageEncoder, CLIPVisionConfig, CLIPVisionEncoder
 from vqd_jax.text.conditioner import SOURCES, Conditioner, Conditioning, stack_rows
@@ -23,7 +23,7 @@ from vqd_jax.text.tokenizer import SPECIAL_TOKENS, WordTokenizer, split_words
 
 __all__ = [
     "CLIPImageEncoder", "CLIPVisionConfig", "CLIPVisionEncoder", "clip_preprocess",
-    "CLIPTextSource", "EmbeddingSource", "embeddings", "load_encoder",
+    "CLIPTextSource", "EmbeddingSource", "embeddings", "load_clip_tokenizer", "load_encoder",
     "CLIPTextConfig", "CLIPTextEncoder", "CLIPTokenizerWrapper", "Conditioner", "Conditioning",
     "SOURCES", "SPECIAL_TOKENS", "TextEncoder", "TextEncoderBlock", "WordTokenizer",
     "caption_drop_mask", "clip_config_from_hf", "drop_captions", "encode_prompts", "split_words",

@@ -19,6 +19,24 @@ from typing import Any
 import numpy as np
 
 _OFFICIAL_PAD_ID = 0
+# A text tower trained by the contrastive stage keeps its word tokenizer under this name (not
+# tokenizer.json, which transformers would read as its own tokenizer format).
+WORD_TOKENIZER_FILE = "word_tokenizer.json"
+
+
+def load_clip_tokenizer(path: str | os.PathLike, max_length: int | None = None):
+  """The tokenizer of a CLIP text folder: its ``word_tokenizer.json`` (a tower trained by
+  ``configs/clip.py``) when present, else CLIP's BPE (:class:`CLIPTokenizerWrapper`).
+
+  ``max_length``: ids per prompt (None: the word tokenizer's own, or CLIP's 77).
+  """
+  path = os.fspath(path)
+  word_file = os.path.join(path, WORD_TOKENIZER_FILE)
+  if os.path.isfile(word_file):
+    from vqd_jax.text.tokenizer import WordTokenizer  # pylint: disable=import-outside-toplevel
+    word = WordTokenizer.load(word_file)
+    return word if max_length is None else WordTokenizer(word.vocab, max_length)
+  return CLIPTokenizerWrapper.from_pretrained(path, max_length=max_length or 77)
 
 
 def _tokenizer_dir(path: str | os.PathLike) -> str:

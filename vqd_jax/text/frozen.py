@@ -6,7 +6,8 @@
   embeds = enc.encode_images(uint8_images)             # float32 [B, P]
 
 The folder is a local transformers checkpoint (``config.json`` + safetensors, or a torch ``.bin``
-read with ``weights_only=True``) with its tokenizer files; its ``model_type`` picks the encoder:
+read with ``weights_only=True``) with its tokenizer files (a CLIP text tower trained by ``configs/clip.py`` brings its
+``word_tokenizer.json``); its ``model_type`` picks the encoder:
 ``t5`` (T5EncoderModel, T5ForConditionalGeneration), ``clip_text_model``
 (CLIPTextModel[WithProjection]), ``clip_vision_model`` (CLIPVisionModel[WithProjection]); a full
 ``clip`` model holds both towers and gives the text one unless ``kind="clip_image"``. Every encoder
@@ -120,7 +121,7 @@ class CLIPTextSource:
                       max_length: int | None = None) -> "CLIPTextSource":
     from vqd_jax.interop import clip as clip_interop  # pylint: disable=import-outside-toplevel
     from vqd_jax.interop import state_dict as sd  # pylint: disable=import-outside-toplevel
-    from vqd_jax.text.clip_tokenizer import CLIPTokenizerWrapper  # pylint: disable=import-outside-toplevel
+    from vqd_jax.text.clip_tokenizer import load_clip_tokenizer  # pylint: disable=import-outside-toplevel
     path = os.fspath(path)
     config = _read_config(path)
     positions = clip_config_from_hf(config).max_position_embeddings
@@ -129,7 +130,7 @@ class CLIPTextSource:
     projection = state.get("text_projection.weight")
     text_config = config.get("text_config", config)
     eos_first = text_config.get("eos_token_id", 2) != 2  # transformers' rule for the pooled token
-    tokenizer = CLIPTokenizerWrapper.from_pretrained(path, max_length=max_length or positions)
+    tokenizer = load_clip_tokenizer(path, max_length=max_length or positions)
     return cls(tokenizer, module, params,
                None if projection is None else np.asarray(projection, np.float32).T, eos_first)
 

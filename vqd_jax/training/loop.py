@@ -208,6 +208,7 @@ def _steps(config, workdir, task, checkpointer, writer, iterator, mesh, step_fn,
     preempted = checkpointer.reached_preemption(step)
     if step % cfg.ckpt_every == 0 or done or preempted:
       monitor.check()  # a non-finite step since the last log is never saved
+      writer.flush()  # a kill after this save must not lose the history up to its step
       checkpointer.save(step, state, iterator.get_state(), config_json, force=True)
     if done or preempted:
       break

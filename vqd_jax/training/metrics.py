@@ -12,9 +12,11 @@ cannot delete events, so a resumed writer starts its file with a purge marker (`
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import struct
 import time
 from typing import Any
 
@@ -93,6 +95,12 @@ class MetricWriter:
     if self.enabled:
       self._tb.add_image(name, image, step, dataformats="HWC")
 
+  def flush(self) -> None:
+    """Puts everything written so far on disk (TensorBoard buffers for up to 30 s)."""
+    if self.enabled:
+      self._tb.flush()
+      self._jsonl.flush()
+
   def close(self) -> None:
     if self.enabled:
       self._tb.close()
@@ -142,3 +150,31 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> Any:
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
               mininterval=1.0)
+
+
+def _tfrecords(path: str):
+  """The records of a TFRecord file (length, its CRC, data, its CRC; CRCs not checked)."""
+  with open(path, "rb") as f:
+    data = f.read()
+  at = 0
+  while at + 12 <= len(data):
+    (length,) = struct.unpack("<Q", data[at:at + 8])
+    yield data[at + 12:at + 12 + length]
+    at += 12 + length + 4
+
+
+def tensorboard_scalars(workdir: str, tag: str) -> dict[int, list[float]]:
+  """``{step: [values]}`` of ``tag`` as TensorBoard shows the run: a SessionLog.START event at
+  step s hides the events at steps >= s that earlier files hold (its purge on restart). A step
+  shown twice has two values."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  seen: dict[int, list[float]] = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))):
+    for record in _tfrecords(path):
+      event = event_pb2.Event.FromString(record)
+      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+        seen = {s: v for s, v in seen.items() if s < event.step}
+      for value in event.summary.value:
+        if value.tag == tag:
+          seen.setdefault(int(event.step), []).append(float(value.simple_value))
+  return seen

@@ -27,7 +27,8 @@ import optax
 from vqd_jax import build, ctf
 from vqd_jax import images as images_lib
 from vqd_jax import text as text_lib
-from vqd_jax.inference.loading import load_autoencoder
+from vqd_jax.inference import run_autoencoder as run_vq
+from vqd_jax.inference.loading import load_autoencoder_with_config
 from vqd_jax.data import configured as data_config
 from vqd_jax.training import coarse_table as coarse_lib
 from vqd_jax.training import optim as optim_lib
@@ -90,6 +91,17 @@ def save_text_assets(config: ml_collections.ConfigDict, workdir: str) -> None:
     _write_once(path, tokenizer.save)
 
 
+def autoencoder_of_run(config: ml_collections.ConfigDict, workdir: str):
+  """The run's own copy of its autoencoder; at the first start it is read from
+  ``config.vqvae_workdir`` and copied into the run, which then travels without it."""
+  if run_vq.has_copy(workdir):
+    return run_vq.load_copy(workdir)
+  vq, vq_config = load_autoencoder_with_config(config.vqvae_workdir)
+  if jax.process_index() == 0:
+    run_vq.save_copy(vq, vq_config, workdir)
+  return vq
+
+
 class TokenModelTask(abc.ABC):
   """Implements most of :class:`vqd_jax.training.state.Task` for a token model (module docstring)."""
 
@@ -97,7 +109,7 @@ class TokenModelTask(abc.ABC):
     self.config = config
     self.workdir = workdir
     save_text_assets(config, workdir)
-    self.vq = load_autoencoder(config.vqvae_workdir)
+    self.vq = autoencoder_of_run(config, workdir)
     self.conditioner = build.conditioner(config, workdir)
     self.grid = self.vq.token_grid(config.data.image_size)
     self.coarse = None  # CTF: the code -> cluster table (config.ctf.num_clusters > 0)

@@ -30,7 +30,7 @@ def _open_base(init_from: str) -> tuple[ckpt_lib.Checkpointer, int, ml_collectio
         f"config.init_from={init_from!r} holds no checkpoints/ folder: point it at the workdir "
         "of a trained diffusion run (python -m vqd_jax.train --config configs/diffusion.py:shapes "
         "--workdir BASE_DIR ...).")
-  ckpt = ckpt_lib.Checkpointer(init_from, async_save=False)
+  ckpt = ckpt_lib.Checkpointer(init_from, async_save=False, read_only=True)
   step = ckpt.latest_step()
   if step is None:
     ckpt.close()
