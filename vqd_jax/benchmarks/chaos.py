@@ -29,6 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vqd_jax import checkpoint_health as health
+
 
 @dataclasses.dataclass
 class Attempt:
@@ -71,21 +73,15 @@ def _records(workdir: str) -> list[dict]:
 
 
 def _latest_step(workdir: str) -> int:
-  from vqd_jax import checkpoint_health as health  # pylint: disable=import-outside-toplevel
   complete = health.scan(os.path.join(workdir, "checkpoints")).complete
   return complete[-1] if complete else 0
 
 
 def _saving(workdir: str) -> bool:
-  """Whether a checkpoint is being written: a step folder without its commit marker."""
-  root = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(root):
-    return False
-  for name in os.listdir(root):
-    folder = os.path.join(root, name)
-    if os.path.isdir(folder) and not os.path.exists(os.path.join(folder, "commit_success.txt")):
-      return True
-  return False
+  """Whether a checkpoint is being written (a step folder without its commit marks, or orbax's
+  temporary folder)."""
+  found = health.scan(os.path.join(workdir, "checkpoints"))
+  return bool(found.incomplete or found.temporary)
 
 
 def _max_step(workdir: str) -> int:
