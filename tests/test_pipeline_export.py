@@ -159,8 +159,8 @@ def test_convert_cli_exports_a_run_and_checks_the_folder(run, monkeypatch, tmp_p
 
   monkeypatch.setattr("vqd_jax.inference.pipeline.load_diffusion_run", load_diffusion_run)
   out = tmp_path / "out"
-  assert convert.main(["export", "--workdir", "runs/x", "--out", str(out), "--no-ema"]) == 0
-  assert calls == [("runs/x", None, False)]
+  assert convert.main(["export", "--workdir", "runs/x", "--out", str(out)]) == 0
+  assert calls == [("runs/x", None, True)]
   assert "vqd_jax-specific" in capsys.readouterr().out
   assert convert.main(["check", str(out)]) == 0
   report = capsys.readouterr().out
@@ -280,3 +280,21 @@ def test_export_refuses_autoencoders_diffusers_cannot_express(extension):
     vq_config_to_diffusers(model, 32)
   assert vq_config_to_diffusers(VQAutoencoder(block_out_channels=(8,), norm_num_groups=4), 32)[
       "block_out_channels"] == [8]
+
+
+def test_no_ema_exports_the_raw_parameters_and_the_default_the_ema(tiny_run, tmp_path):
+  # The truth: the arrays of the checkpoint itself, read by orbax without our loaders.
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  step_dirs = sorted(os.listdir(os.path.join(tiny_run, "checkpoints")), key=int)
+  saved = ocp.PyTreeCheckpointer().restore(
+      os.path.join(tiny_run, "checkpoints", step_dirs[-1], "state"))
+  raw = np.asarray(saved["params"]["null_embedding"])
+  ema = np.asarray(saved["ema_params"]["null_embedding"])
+  assert np.abs(raw - ema).max() > 1e-6  # four steps move the EMA less than the parameters
+  for flags, want in (([], ema), (["--no-ema"], raw)):
+    out = tmp_path / ("raw" if flags else "ema")
+    assert convert.main(["export", "--workdir", tiny_run, "--out", str(out), *flags]) == 0
+    exported = load_file(str(out / "learned_classifier_free_sampling_embeddings" /
+                             "diffusion_pytorch_model.safetensors"))["embeddings"]
+    np.testing.assert_array_equal(exported, want)

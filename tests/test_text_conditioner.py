@@ -23,15 +23,23 @@ def conditioner_and_params():
   return cond, params, nn.meta.unbox(params)
 
 
-def test_encode_is_the_encoder_with_its_padding_mask(conditioner_and_params):
+def test_encode_reads_the_prompt_and_never_the_padding(conditioner_and_params):
   cond, _, params = conditioner_and_params
   ids, mask = cond.tokenize(["red cat", "blue dog dog"])
   assert ids.shape == mask.shape == (2, MAX_LEN) and mask.sum(1).tolist() == [4, 5]
   out = cond.encode(params, ids, mask)
-  np.testing.assert_array_equal(out.states, cond.encoder.apply({"params": params["text_encoder"]},
-                                                               ids, mask))
   np.testing.assert_array_equal(out.mask, mask)
-  assert out.pooled is None and (cond.width, cond.length) == (WIDTH, MAX_LEN)
+  assert out.pooled is None and out.states.shape == (2, MAX_LEN, WIDTH)
+  # Other ids in the padding leave every real position's state unchanged; another word does not.
+  noisy_padding = np.where(np.asarray(mask), np.asarray(ids), 5)
+  again = cond.encode(params, jnp.asarray(noisy_padding), mask)
+  real = np.asarray(mask, bool)
+  np.testing.assert_allclose(np.asarray(again.states)[real], np.asarray(out.states)[real],
+                             atol=1e-6)
+  other_word = np.asarray(ids).copy()
+  other_word[0, 1] = ids[1, 1]  # "red" -> "blue"
+  changed = cond.encode(params, jnp.asarray(other_word), mask)
+  assert np.abs(np.asarray(changed.states)[0, 2] - np.asarray(out.states)[0, 2]).max() > 1e-3
 
 
 def test_null_is_the_learned_embedding_on_every_row(conditioner_and_params):

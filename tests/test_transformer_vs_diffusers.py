@@ -42,16 +42,11 @@ def _inputs(seed=1):
   return x_t, text
 
 
-def _run_diffusers(model, x_t, t, text, capture_logits=False):
-  logits = {}
-  hook = model.out.register_forward_hook(lambda m, i, o: logits.setdefault("out", o)) \
-      if capture_logits else None
+def _run_diffusers(model, x_t, t, text):
   with torch.no_grad():
     out = model(hidden_states=torch.from_numpy(x_t).long(), timestep=torch.tensor(t),
                 encoder_hidden_states=torch.from_numpy(text)).sample
-  if hook is not None:
-    hook.remove()
-  return out.permute(0, 2, 1).numpy(), logits.get("out")  # [B, K, N] -> [B, N, K]
+  return out.permute(0, 2, 1).numpy()  # [B, K, N] -> [B, N, K]
 
 
 @pytest.fixture(scope="module")
@@ -77,18 +72,11 @@ def test_log_probs_match_diffusers(converted):
   x_t, text = _inputs()
   ours_model = Text2ImageTransformer(**fields)
   for t in (0, 7):
-    theirs, logits = _run_diffusers(model, x_t, t, text, capture_logits=True)
+    theirs = _run_diffusers(model, x_t, t, text)
     ours = np.asarray(ours_model.apply({"params": params}, jnp.asarray(x_t),
                                        jnp.full((BATCH,), t, jnp.int32), jnp.asarray(text)))
     assert ours.shape == (BATCH, SIDE * SIDE, K) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
-    # We take log_softmax in float32 where diffusers uses float64; on the same logits the gap is at
-    # the float32 rounding level (measured 4.8e-7 here, the same as ours vs diffusers), far below
-    # the 1e-4 tolerance above.
-    fp64 = torch.log_softmax(logits.double(), dim=-1).float()
-    fp32 = torch.log_softmax(logits.float(), dim=-1)
-    gap = float((fp64 - fp32).abs().max())
-    assert gap < 2e-6, gap
 
 
 def test_mask_buffers_are_ignored(converted):
@@ -105,6 +93,6 @@ def test_export_round_trip_is_exact(converted):
   fresh = _tiny_diffusers_model(seed=123)
   fresh.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
   x_t, text = _inputs(seed=2)
-  original, _ = _run_diffusers(model, x_t, 3, text)
-  reloaded, _ = _run_diffusers(fresh, x_t, 3, text)
+  original = _run_diffusers(model, x_t, 3, text)
+  reloaded = _run_diffusers(fresh, x_t, 3, text)
   np.testing.assert_array_equal(original, reloaded)

@@ -1,10 +1,13 @@
-"""Converts between vqd_jax runs and the diffusers VQ-Diffusion layout.
+"""Converts between vqd_jax runs and the diffusers VQ-Diffusion layout, and FID Inception weights.
 
   # A trained vqd_jax diffusion run (+ its VQ autoencoder and null embedding) -> diffusers folder:
   python -m vqd_jax.convert export --workdir runs/quickstart/diffusion --out exported/
 
   # Load a diffusers folder (hub checkpoint or an export) and print its components and shapes:
   python -m vqd_jax.convert check exported/
+
+  # pytorch-fid's FID InceptionV3 weights (.pth, needs torch) -> .safetensors (loads without torch):
+  python -m vqd_jax.convert inception pt_inception-2015-12-05-6726825d.pth fid_inception.safetensors
 
 ``export`` writes ``transformer/``, ``vqvae/``, ``scheduler/``,
 ``learned_classifier_free_sampling_embeddings/`` (config.json + diffusion_pytorch_model.safetensors
@@ -13,14 +16,20 @@ each) and ``model_index.json``; diffusers loads these with ``Transformer2DModel`
 and small text encoder have no diffusers class: they are written as the vqd_jax-specific
 ``vqd_jax_tokenizer/`` and ``vqd_jax_text_encoder/``, which only vqd_jax reads
 (``VQDiffusionPipeline.from_pretrained(out)`` samples with the whole exported run).
+
+``inception`` reads the ``.pth`` with ``torch.load(weights_only=True)`` (no code runs), checks every
+tensor against the FID network, writes the ``.safetensors`` file and loads it back;
+``vqd_jax.evaluation.inception.load_inception`` then reads it for FID, KID and the Inception Score.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
+
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m vqd_jax.convert", description=__doc__,
@@ -44,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
       description="Load every component of a diffusers VQ-Diffusion folder into vqd_jax and "
                   "print what it holds.")
   check.add_argument("path", help="The pipeline folder (the one holding model_index.json).")
+  inception = commands.add_parser(
+      "inception", help="Convert pytorch-fid's FID InceptionV3 weights (.pth) to .safetensors.",
+      description="Read pytorch-fid's FID InceptionV3 weights (the state dict of "
+                  "fid_inception_v3(), e.g. pt_inception-2015-12-05-6726825d.pth) with "
+                  "torch.load(weights_only=True), check them and write them as .safetensors, "
+                  "which vqd_jax loads without torch.")
+  inception.add_argument("src", help="The weights file to read: a PyTorch .pth/.pt (needs "
+                                     "torch) or a .safetensors file in the same layout.")
+  inception.add_argument("dst", help="The .safetensors file to write (its folder is created).")
   return parser
 
 
@@ -94,8 +112,30 @@ def check(path: str) -> list[str]:
   return lines
 
 
+def convert_inception(src: str, dst: str) -> list[str]:
+  """Writes the FID Inception weights ``src`` as ``dst`` (.safetensors), loads it back; returns
+  the report lines. Raises ValueError, OSError or ImportError with the problem and the fix."""
+  from vqd_jax.interop import inception  # pylint: disable=import-outside-toplevel
+  if not dst.endswith(".safetensors"):
+    raise ValueError(f"the output {dst!r} must be a .safetensors file (e.g. "
+                     "fid_inception.safetensors).")
+  if os.path.abspath(src) == os.path.abspath(dst):
+    raise ValueError(f"the output {dst!r} is the input; name another file.")
+  inception.save_inception_safetensors(inception.read_state_dict(src), dst)
+  params = inception.load_inception_params(dst)
+  return [f"Wrote {dst}: FID InceptionV3 weights from {src} (pytorch-fid's fid_inception_v3 "
+          f"layout), {_summary(params)}; it loads back.",
+          f"Load it with vqd_jax.evaluation.inception.load_inception({dst!r})."]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  if args.command == "inception":
+    try:
+      print("\n".join(convert_inception(args.src, args.dst)))
+    except (OSError, ValueError, ImportError) as e:
+      raise SystemExit(f"python -m vqd_jax.convert inception: {e}") from None
+    return 0
   if args.command == "export":
     step, notes = export_run(args.workdir, args.out, args.step, use_ema=not args.no_ema)
     print(f"Exported step {step} of {args.workdir} to {args.out} (diffusers layout).")

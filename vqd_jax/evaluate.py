@@ -5,12 +5,19 @@
   python -m vqd_jax.evaluate prompt-switch --workdir runs/quickstart/diffusion --out runs/switch
   python -m vqd_jax.evaluate variations --workdir runs/sources --out runs/variations
   python -m vqd_jax.evaluate clip --samples runs/quickstart/samples --clip runs/clip
+  python -m vqd_jax.evaluate fid --samples DIR --reference DIR_OR_NPZ --inception WEIGHTS
+  python -m vqd_jax.evaluate kid --samples DIR --reference DIR_OR_NPZ --inception WEIGHTS
+  python -m vqd_jax.evaluate is --samples DIR --inception WEIGHTS
 
 ``shapes`` reads SAMPLES/samples.jsonl (one JSON object per line with "file", relative to SAMPLES,
 and "prompt"; ``python -m vqd_jax.sample`` writes it), checks every image against its prompt
 (colours, shapes, sizes, object count and spatial relation), prints per-attribute accuracies and
 writes SAMPLES/shapes_score.json. The last line printed is
 ``shapes score: <fraction fully correct>``.
+
+``fid``, ``kid`` and ``is`` measure a folder of images under the FID Inception network (see
+``python -m vqd_jax.evaluate fid --help``); the last line printed is ``fid <value>``,
+``kid <mean>`` or ``is <mean>``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+
+from vqd_jax.evaluation import inception_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Held-out reference images (default 1000).")
   variations.add_argument("--batch-size", type=int, default=50, help="Images per sampling call.")
   variations.add_argument("--seed", type=int, default=0, help="Sampling seed.")
+  inception_cli.add_parsers(sub)
   return p
 
 
@@ -160,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.metric == "paint":
     from vqd_jax.evaluation import paint_run  # pylint: disable=import-outside-toplevel
     return paint_run.run(args)
+  if args.metric in inception_cli.RUNS:
+    return inception_cli.RUNS[args.metric](args)
   raise SystemExit(f"Unknown metric {args.metric!r}.")
 
 

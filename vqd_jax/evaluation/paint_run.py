@@ -15,6 +15,7 @@ import numpy as np
 
 from vqd_jax.evaluation import paint as paint_eval
 from vqd_jax.evaluation import shapes as shapes_eval
+from vqd_jax.evaluation.chunks import sample_in_chunks
 
 def run_settings(pipe) -> Any:
   """The ``SamplerConfig`` of a run's own ``config.sampling`` (how the run is scored)."""
@@ -26,17 +27,12 @@ def run_settings(pipe) -> Any:
 
 
 def _sample(pipe, tasks, weight, outside, settings, seed, batch_size, resolution) -> np.ndarray:
-  import jax  # pylint: disable=import-outside-toplevel
-  out = []
-  for start in range(0, len(tasks), batch_size):
-    chunk = tasks[start:start + batch_size]
-    chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one compiled program
-    paint = [{p: paint_eval.box_mask(b, resolution) for p, b in t.boxes.items()} for t in chunk]
-    images = pipe.generate(pipe.params, [t.prompt for t in chunk],
-                           jax.random.fold_in(jax.random.key(seed), start), settings,
-                           paint=paint, paint_weight=weight, paint_outside=outside)
-    out.append(images[:len(tasks) - start])
-  return np.concatenate(out)
+  def chunk(indices, key):
+    paint = [{p: paint_eval.box_mask(b, resolution) for p, b in tasks[i].boxes.items()}
+             for i in indices]
+    return pipe.generate(pipe.params, [tasks[i].prompt for i in indices], key, settings,
+                         paint=paint, paint_weight=weight, paint_outside=outside)
+  return sample_in_chunks(chunk, len(tasks), batch_size, seed)
 
 
 def _summary(tasks, images) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from vqd_jax.data import shapes as shapes_lib
 from vqd_jax.evaluation import shape_detect
+from vqd_jax.evaluation.chunks import sample_in_chunks
 from vqd_jax.evaluation import shapes as shapes_eval
 from vqd_jax.evaluation.paint import fraction_with_error
 
@@ -60,19 +61,11 @@ def conflict_summary(outcomes: list[str]) -> dict[str, tuple[float, float]]:
 
 
 def _sample(pipe, settings, prompts, images, use_text, seed, batch_size) -> np.ndarray:
-  import jax  # pylint: disable=import-outside-toplevel
-  out = []
-  for start in range(0, len(prompts), batch_size):
-    stop = min(start + batch_size, len(prompts))
-    pad = batch_size - (stop - start)  # one compiled program for every chunk
-    chunk = list(prompts[start:stop]) + [prompts[stop - 1]] * pad
-    image = None
-    if images is not None:
-      image = np.concatenate([images[start:stop], np.repeat(images[stop - 1:stop], pad, 0)])
-    key = jax.random.fold_in(jax.random.key(seed), start)
-    out.append(pipe.generate(pipe.params, chunk, key, settings, image=image,
-                             use_text=use_text)[:stop - start])
-  return np.concatenate(out)
+  def chunk(indices, key):
+    image = None if images is None else images[indices]
+    return pipe.generate(pipe.params, [prompts[i] for i in indices], key, settings, image=image,
+                         use_text=use_text)
+  return sample_in_chunks(chunk, len(prompts), batch_size, seed)
 
 
 def measure(pipe, settings, num: int, seed: int = 0, batch_size: int = 50) -> tuple[dict, dict]:
