@@ -24,6 +24,11 @@ pytestmark = pytest.mark.reference
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
   directory = str(tmp_path_factory.mktemp("clip"))
+  return directory, write_tiny_clip(directory)
+
+
+def write_tiny_clip(directory):
+  """A tiny random transformers CLIPModel (and its processor) saved in ``directory``; the model."""
   vocab = write_tiny_clip_tokenizer(directory)
   torch.manual_seed(3)
   text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -33,7 +38,7 @@ def clip_dir(tmp_path_factory):
   model = transformers.CLIPModel(config).eval()
   model.save_pretrained(directory)
   transformers.CLIPImageProcessor(**PROCESSOR).save_pretrained(directory)
-  return directory, model
+  return model
 
 
 def _examples(n):

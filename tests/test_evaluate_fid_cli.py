@@ -42,7 +42,12 @@ def write_images(folder, seed, brightness, samples_jsonl=False):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-  """A random-weight FID Inception state dict in the standard layout, saved with torch.save."""
+  return write_random_inception(tmp_path_factory.mktemp("inception") / "fid_inception_random.pth")
+
+
+def write_random_inception(path):
+  """A random-weight FID Inception state dict in the standard layout, saved with torch.save to
+  ``path``; returns ``str(path)``."""
   from pytorch_fid_reference import load_pytorch_fid  # pylint: disable=import-outside-toplevel
   inception_mod, _ = load_pytorch_fid()
   import torch  # pylint: disable=import-outside-toplevel
@@ -55,7 +60,6 @@ def weights(tmp_path_factory):
         value.normal_(0.0, (2.0 / value[0].numel()) ** 0.5)
       elif key == "fc.bias":
         value.normal_(0.0, 1.0)
-  path = tmp_path_factory.mktemp("inception") / "fid_inception_random.pth"
   torch.save(state, path)
   return str(path)
 

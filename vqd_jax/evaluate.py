@@ -8,6 +8,8 @@
   python -m vqd_jax.evaluate fid --samples DIR --reference DIR_OR_NPZ --inception WEIGHTS
   python -m vqd_jax.evaluate kid --samples DIR --reference DIR_OR_NPZ --inception WEIGHTS
   python -m vqd_jax.evaluate is --samples DIR --inception WEIGHTS
+  python -m vqd_jax.evaluate all --workdir runs/quickstart/diffusion --out runs/eval \
+      [--inception WEIGHTS] [--clip DIR] [--num-samples N]
 
 ``shapes`` reads SAMPLES/samples.jsonl (one JSON object per line with "file", relative to SAMPLES,
 and "prompt"; ``python -m vqd_jax.sample`` writes it), checks every image against its prompt
@@ -17,7 +19,13 @@ writes SAMPLES/shapes_score.json. The last line printed is
 
 ``fid``, ``kid`` and ``is`` measure a folder of images under the FID Inception network (see
 ``python -m vqd_jax.evaluate fid --help``); the last line printed is ``fid <value>``,
-``kid <mean>`` or ``is <mean>``.
+``kid <mean>`` or ``is <mean>``; ``fid --features clip --clip DIR`` takes the distance over CLIP
+image embeddings instead (``fid_clip``, not comparable with published FIDs).
+
+``all`` samples a trained run on its own dataset's evaluation captions (held-out shapes prompts,
+or evenly spaced records of a folder dataset), writes the samples and the real images, and
+reports every metric its flags allow in OUT/metrics.json and OUT/metrics.md, each metric that
+cannot be measured listed with the reason (see ``python -m vqd_jax.evaluate all --help``).
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from vqd_jax.evaluation import inception_cli
+from vqd_jax import cpu_devices
+from vqd_jax.evaluation import all_cli, inception_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
   variations.add_argument("--batch-size", type=int, default=50, help="Images per sampling call.")
   variations.add_argument("--seed", type=int, default=0, help="Sampling seed.")
   inception_cli.add_parsers(sub)
+  all_cli.add_parser(sub)
   return p
 
 
@@ -170,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.metric == "paint":
     from vqd_jax.evaluation import paint_run  # pylint: disable=import-outside-toplevel
     return paint_run.run(args)
+  if args.metric == "all":
+    cpu_devices.configure()  # before jax is imported: one device per core for sampling
+    return all_cli.run(args)
   if args.metric in inception_cli.RUNS:
     return inception_cli.RUNS[args.metric](args)
   raise SystemExit(f"Unknown metric {args.metric!r}.")

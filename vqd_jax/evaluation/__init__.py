@@ -9,4 +9,9 @@ runs it on a samples folder.
 :mod:`vqd_jax.evaluation.features` reads image folders into the features of the FID InceptionV3
 (:mod:`vqd_jax.evaluation.inception`), and ``python -m vqd_jax.evaluate fid | kid | is`` runs them
 on a samples folder (:mod:`vqd_jax.evaluation.inception_cli`).
+
+``python -m vqd_jax.evaluate all`` (:mod:`vqd_jax.evaluation.all_cli`) samples a trained run on
+its dataset's evaluation captions (:mod:`vqd_jax.evaluation.heldout`) and reports every metric
+its inputs allow (:mod:`vqd_jax.evaluation.all_metrics`, :mod:`vqd_jax.evaluation.report`),
+including a Fréchet distance over CLIP image features (:mod:`vqd_jax.evaluation.clip_features`).
 """

@@ -62,12 +62,14 @@ def clip_scores(text_encoder, image_encoder, images: np.ndarray, captions: Seque
   return np.concatenate(out) if out else np.zeros((0,))
 
 
-def score_folder(samples_dir: str, clip_path: str) -> dict[str, Any]:
+def score_folder(samples_dir: str, clip_path: str,
+                 scorer: tuple[Any, Any] | None = None) -> dict[str, Any]:
   """The CLIP score of every sample in ``samples_dir/samples.jsonl``: mean, its standard error,
-  the number of samples and the unreadable files (left out, counted)."""
+  the number of samples and the unreadable files (left out, counted). ``scorer``: the
+  ``load_clip_scorer(clip_path)`` pair if already loaded."""
   from vqd_jax.data import decode  # pylint: disable=import-outside-toplevel
   from vqd_jax.evaluation.shapes import load_samples  # pylint: disable=import-outside-toplevel
-  text_encoder, image_encoder = load_clip_scorer(clip_path)
+  text_encoder, image_encoder = scorer or load_clip_scorer(clip_path)
   images, captions, unreadable = [], [], []
   for record in load_samples(samples_dir):
     try:

@@ -28,7 +28,7 @@ class FolderFeatures:
   """Features of the readable images of a folder, in file order.
 
   Attributes:
-    pool: float32 ``[N, 2048]`` pool features (FID, KID).
+    pool: float32 ``[N, D]`` pool features (FID, KID; ``D`` = 2048 for the Inception).
     logits: float32 ``[N, 1008]`` logits (Inception Score).
     files: the ``N`` files read, relative to the folder.
     skipped: the files that could not be read, relative to the folder.

@@ -5,9 +5,13 @@
   python -m vqd_jax.evaluate fid --samples runs/samples --reference val_stats.npz --inception ...
   python -m vqd_jax.evaluate kid --samples runs/samples --reference data/val_images --inception ...
   python -m vqd_jax.evaluate is --samples runs/samples --inception ...
+  python -m vqd_jax.evaluate fid --features clip --clip runs/clip --samples ... --reference DIR
 
 Each prints its figure as the last line (``fid 12.3456``, ``kid 0.0123``, ``is 3.4567``) and
-writes a JSON report beside the samples (``fid.json``, ``kid.json``, ``is.json``).
+writes a JSON report beside the samples (``fid.json``, ``kid.json``, ``is.json``). With
+``--features clip`` the FID is taken over CLIP image embeddings instead
+(:mod:`vqd_jax.evaluation.clip_features`): ``fid_clip 1.2345`` and ``fid_clip.json``, labelled
+as not comparable with published FIDs.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ def _positive_int(text: str) -> int:
   return value
 
 
-def _metric_parser(sub: Any, name: str, title: str, description: str) -> argparse.ArgumentParser:
+def _metric_parser(sub: Any, name: str, title: str, description: str,
+                   inception_required: bool = True) -> argparse.ArgumentParser:
   """A subcommand with the flags every Inception metric takes."""
   parser = sub.add_parser(name, help=title, description=description)
   parser.add_argument("--samples", required=True, metavar="DIR", help=SAMPLES_HELP)
-  parser.add_argument("--inception", required=True, metavar="PATH", help=WEIGHTS_HELP)
+  parser.add_argument("--inception", required=inception_required, metavar="PATH",
+                      help=WEIGHTS_HELP + ("" if inception_required else
+                                           " Required unless --features clip."))
   parser.add_argument("--batch-size", type=_positive_int, default=50, metavar="N",
                       help="Images per Inception call (default 50).")
   parser.add_argument("--output", default=None, metavar="FILE",
@@ -69,10 +76,19 @@ def add_parsers(sub: Any) -> None:
   """Adds the ``fid``, ``kid`` and ``is`` subcommands to ``sub`` (an argparse subparsers object)."""
   parsers = {}
   for name, title, description, npz, save_flag, saved in REFERENCE_METRICS:
-    parser = parsers[name] = _metric_parser(sub, name, title, description)
+    parser = parsers[name] = _metric_parser(sub, name, title, description,
+                                            inception_required=name != "fid")
     parser.add_argument("--reference", required=True, metavar="DIR_OR_NPZ",
                         help=f"Reference images (a folder, read like --samples) or {npz}.")
     parser.add_argument(save_flag, default=None, metavar="FILE.npz", help=f"Also save {saved}.")
+  parsers["fid"].add_argument(
+      "--features", choices=("inception", "clip"), default="inception",
+      help="Features the distance is taken over: the FID Inception's pool features (default), "
+           "or the CLIP image embeddings of --clip (fid_clip: for use without the Inception "
+           "weights; not comparable with published FIDs; writes DIR/fid_clip.json).")
+  parsers["fid"].add_argument("--clip", default=None, metavar="DIR",
+                              help="With --features clip: a CLIP model folder, or a contrastive "
+                                   "run with clip_text/ and clip_image/.")
   kid = parsers["kid"]
   kid.add_argument("--num-subsets", type=_positive_int, default=100, metavar="N",
                    help="Random subset pairs averaged over (default 100).")
@@ -120,18 +136,63 @@ def _check_paths(args, metric: str, save_flag: str | None = None) -> None:
       raise SystemExit(f"evaluate {metric}: --{save_flag} needs a reference folder.")
 
 
-def _load_model(args, metric: str) -> Any:
-  from vqd_jax.evaluation import inception  # pylint: disable=import-outside-toplevel
+def _clip_features(args) -> bool:
+  return getattr(args, "features", "inception") == "clip"
+
+
+def load_model(metric: str, inception_path: str | None, clip_path: str | None = None) -> Any:
+  """The feature network of ``metric``: the FID Inception at ``inception_path``, or with
+  ``clip_path`` instead, the image tower of that CLIP (``fid_clip``); a clear exit otherwise."""
+  # pylint: disable=import-outside-toplevel
+  from vqd_jax.evaluation import clip_features, inception
+  if clip_path is None and not inception_path:
+    raise SystemExit(f"evaluate {metric}: give --inception PATH ({WEIGHTS_HELP}), or "
+                     "--features clip --clip DIR.")
+  if clip_path is not None and inception_path:
+    raise SystemExit(f"evaluate {metric}: --features clip measures CLIP features; drop "
+                     "--inception (or measure the FID without --features clip).")
   try:
-    return inception.load_inception(args.inception)
+    if clip_path is not None:
+      return clip_features.load_clip_features(clip_path)
+    return inception.load_inception(inception_path)
   except (OSError, ValueError, ImportError) as e:  # missing, unreadable, not the FID Inception
     raise SystemExit(f"evaluate {metric}: {e}") from e
+
+
+def _load_model(args, metric: str) -> Any:
+  if _clip_features(args) != bool(getattr(args, "clip", None)):
+    raise SystemExit(f"evaluate {metric}: --features clip and --clip DIR (a CLIP model folder or "
+                     "a contrastive run) go together.")
+  return load_model(metric, args.inception, args.clip if _clip_features(args) else None)
 
 
 def unbiased_logits(model: Any, logits: np.ndarray) -> np.ndarray:
   """``[N, 1008]`` logits less the ``fc`` bias of ``model`` (an ``InceptionFeatures``): the logits
   of the original Inception Score code (``pool @ W``) that torch-fidelity also scores."""
   return np.asarray(logits, np.float64) - np.asarray(model.params["fc"]["bias"], np.float64)
+
+
+def fid_of(pool: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+  """The Fréchet distance of features ``[N, D]`` to statistics ``mu2 [D]``, ``sigma2 [D, D]``."""
+  from vqd_jax.evaluation import fid  # pylint: disable=import-outside-toplevel
+  mu1, sigma1 = fid.statistics(pool)
+  return fid.frechet_distance(mu1, sigma1, mu2, sigma2)
+
+
+def kid_of(pool: np.ndarray, reference: np.ndarray, num_subsets: int, subset_size: int,
+           seed: int) -> tuple[float, float, int]:
+  """``(KID mean, std, subset size used)`` of features ``[N1, D]`` and ``[N2, D]``."""
+  from vqd_jax.evaluation import fid  # pylint: disable=import-outside-toplevel
+  size = fid.kid_subset_size(len(pool), len(reference), subset_size)
+  mean, std = fid.kernel_inception_distance(pool, reference, num_subsets, size, seed)
+  return mean, std, size
+
+
+def is_of(model: Any, logits: np.ndarray, splits: int, seed: int | None) -> tuple[float, float]:
+  """``(IS mean, std)`` over ``splits`` of ``[N, 1008]`` logits of ``model`` (bias removed;
+  shuffled with ``seed`` unless None)."""
+  from vqd_jax.evaluation import fid  # pylint: disable=import-outside-toplevel
+  return fid.inception_score(unbiased_logits(model, logits), splits, shuffle_seed=seed)
 
 
 def _features(args, folder: str, model: Any, metric: str, desc: str):
@@ -163,7 +224,10 @@ def _samples_and_reference(args, metric: str):
 
 
 def _finish(args, report: dict[str, Any], default_name: str, last_lines: list[str]) -> int:
-  report["inception"] = os.path.abspath(args.inception)
+  if _clip_features(args):
+    report.update(features="clip", clip=os.path.abspath(args.clip))
+  else:
+    report["inception"] = os.path.abspath(args.inception)
   report["samples"] = os.path.abspath(args.samples)
   output = args.output or os.path.join(args.samples, default_name)
   with open(output, "w", encoding="utf-8") as f:
@@ -186,8 +250,13 @@ def run_fid(args) -> int:
     _or_exit("fid", fid.save_statistics, args.save_reference_stats, mu2, sigma2)
     print(f"reference statistics: {args.save_reference_stats}")
     report["reference_stats"] = os.path.abspath(args.save_reference_stats)
-  mu1, sigma1 = _or_exit("fid", fid.statistics, samples.pool)
-  value = report["fid"] = _or_exit("fid", fid.frechet_distance, mu1, sigma1, mu2, sigma2)
+  value = _or_exit("fid", fid_of, samples.pool, mu2, sigma2)
+  if _clip_features(args):
+    from vqd_jax.evaluation import clip_features  # pylint: disable=import-outside-toplevel
+    report.update(fid_clip=value, note=clip_features.note(args.clip))
+    print(f"fid_clip: {report['note']}")
+    return _finish(args, report, "fid_clip.json", [f"fid_clip {value:.4f}"])
+  report["fid"] = value
   return _finish(args, report, "fid.json", [f"fid {value:.4f}"])
 
 
@@ -199,9 +268,8 @@ def run_kid(args) -> int:
   report, samples, reference = _samples_and_reference(args, "kid")
   if reference is not None:
     features = reference.pool
-  size = _or_exit("kid", fid.kid_subset_size, len(samples.pool), len(features), args.subset_size)
-  mean, std = _or_exit("kid", fid.kernel_inception_distance, samples.pool, features,
-                       args.num_subsets, size, args.seed)
+  mean, std, size = _or_exit("kid", kid_of, samples.pool, features, args.num_subsets,
+                             args.subset_size, args.seed)
   if args.save_reference_features:
     _or_exit("kid", fid.save_features, args.save_reference_features, features)
     print(f"reference features: {args.save_reference_features}")
@@ -213,14 +281,12 @@ def run_kid(args) -> int:
 
 
 def run_is(args) -> int:
-  from vqd_jax.evaluation import fid  # pylint: disable=import-outside-toplevel
   _check_paths(args, "is")
   model = _load_model(args, "is")
   samples = _features(args, args.samples, model, "is", "samples")
   report = _describe("samples", samples)
-  logits = unbiased_logits(model, samples.logits)
   seed = None if args.no_shuffle else args.seed
-  mean, std = _or_exit("is", fid.inception_score, logits, args.splits, shuffle_seed=seed)
+  mean, std = _or_exit("is", is_of, model, samples.logits, args.splits, seed)
   report.update({"is": mean, "is_std": std, "splits": args.splits, "shuffle_seed": seed,
                  "logits": "fc without its bias, softmax over all 1008"})
   return _finish(args, report, "is.json", [f"is std {std:.4f} ({args.splits} splits)",
