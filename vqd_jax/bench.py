@@ -7,6 +7,7 @@
   python -m vqd_jax.bench models  [--help]   VQD, AR, CTF, CTF-VQD: images/s and FLOPs per image
   python -m vqd_jax.bench suite   [--help]   all of the above as the README reports them
   python -m vqd_jax.bench chaos   [--help]   SIGKILL a training run at random, compare the result
+  python -m vqd_jax.bench fuzz    [--help]   bad inputs to every command line: each handled, or not
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _COMMANDS = {
     "models": "vqd_jax.benchmarks.models",
     "suite": "vqd_jax.benchmarks.suite",
     "chaos": "vqd_jax.benchmarks.chaos",
+    "fuzz": "vqd_jax.benchmarks.fuzz",
 }
 
 

@@ -14,8 +14,10 @@ default (bool, int, float, list or tuple, else a string).
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
+import math
 import os
 from collections.abc import Sequence
 
@@ -68,14 +70,31 @@ def resolve_spec(spec: str) -> str:
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """``"configs/diffusion.py:shapes"`` -> its ``get_config("shapes")``, then ``key=value``
-  overrides (``"train.num_steps=500"``)."""
+  overrides (``"train.num_steps=500"``).
+
+  Raises:
+    FileNotFoundError: no such config file.
+    ValueError: naming the file, for one that fails to run or has no ``get_config``, a preset
+      ``get_config`` refuses, or a bad override.
+  """
   path, _, arg = spec.partition(":")
   path = resolve(path)
   module_spec = importlib.util.spec_from_file_location(
       f"vqd_config_{os.path.basename(path)[:-3]}", path)
+  if module_spec is None or not path.endswith(".py"):
+    raise ValueError(f"Config file {path!r} is not a Python file (configs/<stage>.py[:preset]).")
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
+  try:  # the config file is the user's code: any error in it is a config error
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"Config file {path!r} fails to load: {type(e).__name__}: {e}") from e
+  if not callable(getattr(module, "get_config", None)):
+    raise ValueError(f"Config file {path!r} defines no get_config(); a config file returns its "
+                     "ConfigDict from get_config(preset).")
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"Config {spec!r}: {type(e).__name__}: {e}") from e
   apply_overrides(config, overrides)
   return config
 
@@ -95,16 +114,27 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value: str) -> Non
   Raises:
     ValueError: naming the field, for a field the config lacks or a value of the wrong type.
   """
+  node, name = field_parent(config, dotted, f"{dotted}={value!r}")
+  node[name] = _parse(dotted, value, node[name])
+
+
+def field_parent(config: ml_collections.ConfigDict, dotted: str, what: str | None = None
+                 ) -> tuple[ml_collections.ConfigDict, str]:
+  """``(the ConfigDict holding config.<dotted>, its last name)``.
+
+  Raises:
+    ValueError: ``"<what>: config.<path> has no field <name>; its fields: ..."``.
+  """
   names = dotted.split(".")
   node, where = config, "config"
   for depth, name in enumerate(names):
     if not isinstance(node, ml_collections.ConfigDict) or name not in node:
       fields = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
-      raise ValueError(f"{dotted}={value!r}: {where} has no field {name!r}"
+      raise ValueError(f"{what or dotted}: {where} has no field {name!r}"
                        + (f"; its fields: {fields}." if fields else "."))
     if depth < len(names) - 1:
       node, where = node[name], f"{where}.{name}"
-  node[names[-1]] = _parse(dotted, value, node[names[-1]])
+  return node, names[-1]
 
 
 def _parse(dotted: str, value: str, old):
@@ -172,3 +202,40 @@ def parse_args_with_overrides(parser, argv: Sequence[str] | None,
   except ValueError as e:
     parser.error(str(e))
   return parser.parse_args(rest), overrides
+
+
+# -- argparse value types shared by the command lines ----------------------------------------------
+
+
+def int_at_least(low: int, below: int | None = None):
+  """An argparse ``type``: an integer ``low <= n`` (and ``< below`` when given)."""
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+      raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    if below is not None and value >= below:
+      raise argparse.ArgumentTypeError(f"must be below {below}, got {value}")
+    return value
+  return parse
+
+
+def finite_float(text: str) -> float:
+  """An argparse ``type``: a finite number (not nan or inf)."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+  if not math.isfinite(value):
+    raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+  return value
+
+
+def fraction(text: str) -> float:
+  """An argparse ``type``: a number ``0 < r <= 1``."""
+  value = finite_float(text)
+  if not 0 < value <= 1:
+    raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {value}")
+  return value

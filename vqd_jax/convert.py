@@ -136,13 +136,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, ImportError) as e:
       raise SystemExit(f"python -m vqd_jax.convert inception: {e}") from None
     return 0
-  if args.command == "export":
-    step, notes = export_run(args.workdir, args.out, args.step, use_ema=not args.no_ema)
-    print(f"Exported step {step} of {args.workdir} to {args.out} (diffusers layout).")
-    for note in notes:
-      print(f"Note: {note}")
-    return 0
-  print("\n".join(check(args.path)))
+  from vqd_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  try:
+    if args.command == "export":
+      step, notes = export_run(args.workdir, args.out, args.step, use_ema=not args.no_ema)
+      print(f"Exported step {step} of {args.workdir} to {args.out} (diffusers layout).")
+      for note in notes:
+        print(f"Note: {note}")
+      return 0
+    print("\n".join(check(args.path)))
+  except (OSError, ValueError, checkpoint.CheckpointError) as e:
+    # Missing or damaged folders and files: each message names the file and the problem.
+    raise SystemExit(f"python -m vqd_jax.convert {args.command}: {e}") from None
   return 0
 
 

@@ -98,11 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", required=True,
                  help="Config whose data section names the images, e.g. configs/diffusion.py:shapes.")
   p.add_argument("--out", required=True, help="Folder for the token records.")
-  p.add_argument("--num-examples", type=int, default=None,
+  p.add_argument("--num-examples", type=configs_io.int_at_least(1), default=None,
                  help="Encode only the first N examples (the shapes source is effectively "
                       "unbounded, so set it there).")
-  p.add_argument("--batch-size", type=int, default=256, help="Images per encoder call.")
-  p.add_argument("--coarse-clusters", type=int, default=0,
+  p.add_argument("--batch-size", type=configs_io.int_at_least(1), default=256,
+                 help="Images per encoder call.")
+  p.add_argument("--coarse-clusters", type=configs_io.int_at_least(0), default=0,
                  help="Also cluster the codebook into this many coarse labels (CTF) and write "
                       "the code -> cluster table beside the records (default 0: none).")
   p.add_argument("--coarse-balanced", action="store_true",
@@ -130,8 +131,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = configs_io.load_config(args.config, overrides["config"])
   except (ValueError, FileNotFoundError) as e:
     parser.error(str(e))
+  from vqd_jax.data import DataSourceError  # pylint: disable=import-outside-toplevel
+  from vqd_jax.data import configured as data_config  # pylint: disable=import-outside-toplevel
+  from vqd_jax.inference import loading  # pylint: disable=import-outside-toplevel
+  try:
+    data_config.check_data_config(config.data)
+  except ValueError as e:
+    parser.error(str(e))
   t0 = time.perf_counter()
-  vq = load_autoencoder(args.vqvae_workdir)
+  try:
+    vq = load_autoencoder(args.vqvae_workdir)
+  except (loading.MissingRunError, loading.RunMismatchError) as e:
+    parser.error(f"--vqvae-workdir: {e}")
   if args.coarse_clusters and not 1 <= args.coarse_clusters <= vq.num_codes:
     parser.error(f"--coarse-clusters must be between 1 and the {vq.num_codes} codes, got "
                  f"{args.coarse_clusters}.")
@@ -147,8 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     count = args.num_examples or "every"
     print(f"Embeddings ({', '.join(s.name for s, _ in embedders)}): {per_example / 1024:.1f} KiB "
           f"per example (float16), for {count} examples.")
-  stats = encode_dataset(vq, config.data, args.out, num_examples=args.num_examples,
-                         batch_size=args.batch_size, embedders=embedders)
+  try:
+    stats = encode_dataset(vq, config.data, args.out, num_examples=args.num_examples,
+                           batch_size=args.batch_size, embedders=embedders)
+  except DataSourceError as e:
+    raise SystemExit(f"Error: {e}") from None
   if args.coarse_clusters:
     try:
       inertia = write_coarse_table(vq, args.out, args.coarse_clusters, args.coarse_balanced,

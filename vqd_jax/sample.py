@@ -33,11 +33,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from vqd_jax import cpu_devices
+from vqd_jax import configs_io, cpu_devices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,31 +57,33 @@ def build_parser() -> argparse.ArgumentParser:
   src.add_argument("--prompt", action="append",
                    help="A text prompt; repeat the flag for several prompts.")
   src.add_argument("--prompts-file", help="A text file with one prompt per line.")
-  p.add_argument("--num-samples", type=int, default=4, help="Images per prompt (default 4).")
-  p.add_argument("--steps", type=int, default=None,
+  p.add_argument("--num-samples", type=configs_io.int_at_least(1), default=4,
+                 help="Images per prompt (default 4).")
+  p.add_argument("--steps", type=configs_io.int_at_least(1), default=None,
                  help="Denoising network evaluations; fewer than the trained T uses the exact "
                       "skip posterior (default: the run's sampling.num_steps; --pretrained: T).")
-  p.add_argument("--guidance", type=float, default=None,
+  p.add_argument("--guidance", type=configs_io.finite_float, default=None,
                  help="Classifier-free guidance scale s (1 = off): log p = lu + s (lc - lu) "
                       "(default: the run's sampling.guidance_scale; --pretrained: 5).")
-  p.add_argument("--truncation", type=float, default=None,
+  p.add_argument("--truncation", type=configs_io.fraction, default=None,
                  help="Keep the top-r probability mass of p(x0|x_t) at each step, 0 < r <= 1 "
                       "(default: the run's sampling.truncation_rate; --pretrained: 1).")
-  p.add_argument("--purity", type=float, default=None,
+  p.add_argument("--purity", type=configs_io.finite_float, default=None,
                  help="Use the purity-prior sampler of Improved VQ-Diffusion with this weight "
                       "(default: off).")
   p.add_argument("--init-image",
-                 help="Image file to inpaint or edit (resized to the model's resolution).")
+                 help="Image file to inpaint or edit (resized to the model's resolution; "
+                      "transparent pixels become white).")
   p.add_argument("--mask",
-                 help="Inpainting mask file (white / nonzero = regenerate; any token whose patch "
-                      "touches it is regenerated); needs --init-image.")
-  p.add_argument("--start-t", type=int, default=None,
+                 help="Inpainting mask file (white = regenerate, transparent = black = keep; any "
+                      "token whose patch touches the white is regenerated); needs --init-image.")
+  p.add_argument("--start-t", type=configs_io.int_at_least(0), default=None,
                  help="First timestep 0..T-1 for --init-image (default T-1; without --mask it is "
                       "required: the image is noised to this step and resampled).")
   p.add_argument("--paint", action="append", default=[], metavar="PHRASE=MASK.png",
                  help="Paint-with-words: draw PHRASE (words of every prompt) where MASK.png is "
                       "white (any size, resized by area to the token grid; grey = partial "
-                      "strength). Repeat for several phrases.")
+                      "strength; transparent = black). Repeat for several phrases.")
   p.add_argument("--paint-weight", type=float, default=0.5,
                  help="Strength w of --paint: w x f(t) x the largest cross-attention logit is "
                       "added to the painted tokens' logits, f(t) = log(1 + odds that a token is "
@@ -122,9 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
   emb.add_argument("--image-only", action="store_true",
                    help="Condition on --image alone: every text source reads as its null. The "
                         "prompt flags may then be left out (one prompt-less batch).")
-  p.add_argument("--seed", type=int, default=0, help="Random seed; same seed, same images.")
-  p.add_argument("--batch-size", type=int, default=64, help="Images generated per device call.")
-  p.add_argument("--step", type=int, default=None,
+  p.add_argument("--seed", type=configs_io.int_at_least(0, 2 ** 32), default=0,
+                 help="Random seed, 0 <= seed < 2**32; same seed, same images.")
+  p.add_argument("--batch-size", type=configs_io.int_at_least(1), default=64,
+                 help="Images generated per device call.")
+  p.add_argument("--step", type=configs_io.int_at_least(0), default=None,
                  help="Checkpoint step of --workdir (default: latest).")
   p.add_argument("--no-ema", action="store_true",
                  help="Use raw instead of EMA parameters of --workdir.")
@@ -139,12 +144,28 @@ def read_prompts(args) -> list[str]:
     raise SystemExit("Give the prompts with --prompt TEXT (repeatable) or --prompts-file FILE "
                      "(or --image REF.png --image-only for image variations).")
   if args.prompts_file:
-    with open(args.prompts_file, encoding="utf-8") as f:
-      prompts = [line.strip() for line in f if line.strip()]
-    if not prompts:
-      raise SystemExit(f"--prompts-file {args.prompts_file} has no prompts.")
-    return prompts
+    return read_prompts_file(args.prompts_file)
+  empty = [i + 1 for i, prompt in enumerate(args.prompt) if not prompt.strip()]
+  if empty and not args.image_only:
+    raise SystemExit(f"--prompt number {empty[0]} is empty: give the text to draw, e.g. "
+                     "--prompt \"a red circle\".")
   return list(args.prompt)
+
+
+def read_prompts_file(path: str) -> list[str]:
+  """The non-blank lines of a UTF-8 text file (a byte-order mark is dropped), stripped."""
+  try:
+    with open(path, encoding="utf-8-sig") as f:
+      prompts = [line.strip() for line in f if line.strip()]
+  except UnicodeDecodeError as e:
+    raise SystemExit(f"--prompts-file {path!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                     "save it as UTF-8.") from None
+  except OSError as e:
+    raise SystemExit(f"--prompts-file {path!r} cannot be read ({e.strerror or e}); give a text "
+                     "file with one prompt per line.") from None
+  if not prompts:
+    raise SystemExit(f"--prompts-file {path} has no prompts.")
+  return prompts
 
 
 def generate_to_folder(pipe, prompts: Sequence[str], out: str, *, num_samples: int, settings,
@@ -185,27 +206,24 @@ def generate_to_folder(pipe, prompts: Sequence[str], out: str, *, num_samples: i
   return records
 
 
-def _read_image(path: str, size: tuple[int, int], mode: str) -> np.ndarray:
-  """An image file as uint8 ``[H, W, 3]`` (mode "RGB") or ``[H, W]`` ("L"), resized to ``size``."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  with Image.open(path) as img:
-    img = img.convert(mode)
-    if img.size != (size[1], size[0]):
-      img = img.resize((size[1], size[0]), Image.BICUBIC if mode == "RGB" else Image.NEAREST)
-    return np.asarray(img, np.uint8)
+def read_image_files(args) -> dict:
+  """``{"init", "mask", "image": PIL image or None, "paint": {phrase: [h, w] levels},
+  "paint_files": {phrase: path}}``: every image flag's file decoded before any model loads, so a
+  bad file fails at once."""
+  from vqd_jax import images as images_lib  # pylint: disable=import-outside-toplevel
 
+  def read(path: str | None, flag: str):
+    return images_lib.read_image_file(path, flag) if path else None
 
-def read_reference_image(path: str) -> np.ndarray:
-  """A reference image as uint8 ``[H, W, 3]`` at its own size; a clear exit if unreadable."""
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
+  out = {"paint_files": parse_paint(args.paint)}
   try:
-    with Image.open(path) as img:
-      return np.asarray(img.convert("RGB"), np.uint8)
-  except FileNotFoundError:
-    raise SystemExit(f"--image {path!r}: no such file.") from None
-  except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise SystemExit(f"--image {path!r} cannot be read as an image ({e}); give a PNG or JPEG.") \
-        from None
+    out.update(init=read(args.init_image, "--init-image"), mask=read(args.mask, "--mask"),
+               image=read(args.image, "--image"))
+    out["paint"] = {phrase: images_lib.mask_levels(read(path, f"--paint {phrase!r}"))
+                    for phrase, path in out["paint_files"].items()}
+  except images_lib.ImageFileError as e:
+    raise SystemExit(str(e)) from None
+  return out
 
 
 def parse_paint(pairs: Sequence[str]) -> dict[str, str]:
@@ -222,37 +240,48 @@ def parse_paint(pairs: Sequence[str]) -> dict[str, str]:
   return paint
 
 
-def load_pipeline(args):
-  """``(pipeline, settings, init image, mask, record fields)`` for the parsed arguments."""
+def _load_model(load: Callable[[], Any], flags: str):
+  """``load()``; a missing, damaged or mismatched run or folder exits with its message."""
+  from vqd_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  try:
+    return load()
+  except (OSError, ValueError, checkpoint.CheckpointError) as e:
+    raise SystemExit(f"{e} (flags: {flags})") from None
+
+
+def load_pipeline(args, files: dict):
+  """``(pipeline, settings, init image, mask, record fields)`` for the parsed arguments and the
+  image files (:func:`read_image_files`)."""
   from vqd_jax.inference import VQDiffusionPipeline  # pylint: disable=import-outside-toplevel
   from vqd_jax.inference import settings as settings_lib  # pylint: disable=import-outside-toplevel
 
   if args.pretrained:
-    pipe = VQDiffusionPipeline.from_pretrained(args.pretrained)
+    pipe = _load_model(lambda: VQDiffusionPipeline.from_pretrained(args.pretrained),
+                       f"--pretrained {args.pretrained}")
     defaults = {"guidance_scale": 5.0, "truncation_rate": 1.0, "num_steps": None,
                 "purity_weight": None}
     source = {"pretrained": args.pretrained}
   else:
-    try:
-      pipe = VQDiffusionPipeline.from_run(args.workdir, step=args.step, use_ema=not args.no_ema)
-    except ValueError as e:
-      raise SystemExit(str(e)) from e
+    pipe = _load_model(lambda: VQDiffusionPipeline.from_run(
+        args.workdir, step=args.step, use_ema=not args.no_ema), "--workdir, --step")
     defaults = pipe.sampling_defaults
     source = {"checkpoint_step": pipe.checkpoint_step}
   given = {"num_steps": args.steps, "guidance_scale": args.guidance,
            "truncation_rate": args.truncation, "purity_weight": args.purity}
   pick = {k: given[k] if given[k] is not None else defaults.get(k) for k in given}
-  init = mask = None
-  if args.init_image:
-    init = _read_image(args.init_image, pipe.image_size, "RGB")
-    mask = _read_image(args.mask, pipe.image_size, "L") if args.mask else None
+  init, mask = (None if files[k] is None else
+                settings_lib.fit_image(files[k], pipe.image_size, mask=k == "mask")
+                for k in ("init", "mask"))
   try:
     settings = settings_lib.settings_for_call(
         pipe.num_timesteps, pick["num_steps"], pick["guidance_scale"], pick["truncation_rate"],
         pick["purity_weight"], args.start_t, has_init_image=init is not None,
         has_mask=args.mask is not None)
+    if mask is not None:
+      pipe.token_mask(mask)  # the mask checked before any sampling
   except ValueError as e:
-    raise SystemExit(f"{e} (flags: --init-image, --mask, --start-t, --steps)") from e
+    raise SystemExit(f"{e} (flags: --init-image, --mask, --start-t, --steps, --guidance, "
+                     "--truncation, --purity; or the run's config.sampling)") from e
   return pipe, settings, init, mask, dict(source, init_image=args.init_image, mask=args.mask)
 
 
@@ -273,10 +302,8 @@ def load_ar_pipeline(args):
   if _flags_set(args, DIFFUSION_ONLY):
     raise SystemExit(f"{args.workdir} is an AR run: {', '.join(_flags_set(args, DIFFUSION_ONLY))} "
                      "apply to diffusion runs only.")
-  try:
-    pipe = ARPipeline.from_run(args.workdir, step=args.step, use_ema=not args.no_ema)
-  except ValueError as e:
-    raise SystemExit(str(e)) from e
+  pipe = _load_model(lambda: ARPipeline.from_run(args.workdir, step=args.step,
+                                                 use_ema=not args.no_ema), "--workdir, --step")
   try:
     settings = pipe.settings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                              guidance_scale=args.guidance,
@@ -293,10 +320,9 @@ def load_ctf_pipeline(args):
     raise SystemExit("--coarse-workdir goes with --workdir FINE_RUN (the fine stage).")
   if _flags_set(args, EDITING):
     raise SystemExit(f"{', '.join(_flags_set(args, EDITING))} do not apply to CTF runs.")
-  try:
-    pipe = CTFPipeline.from_runs(args.coarse_workdir, args.workdir, use_ema=not args.no_ema)
-  except ValueError as e:
-    raise SystemExit(f"{e} (flags: --workdir, --coarse-workdir)") from e
+  pipe = _load_model(lambda: CTFPipeline.from_runs(args.coarse_workdir, args.workdir,
+                                                   use_ema=not args.no_ema),
+                     "--workdir, --coarse-workdir")
   ar_stage = pipe.coarse_run.config.stage == "ar"
   wrong = _flags_set(args, ("steps", "truncation", "purity") if ar_stage else AR_ONLY)
   if wrong:
@@ -316,55 +342,64 @@ def load_ctf_pipeline(args):
                           "coarse_workdir": args.coarse_workdir}
 
 
+def load_diffusion_call(args, prompts: Sequence[str]):
+  """``(pipeline, settings, record fields, generate keyword arguments)`` of a diffusion model,
+  every input checked before sampling starts."""
+  from vqd_jax import images as images_lib  # pylint: disable=import-outside-toplevel
+  if _flags_set(args, AR_ONLY):
+    raise SystemExit(f"{', '.join(_flags_set(args, AR_ONLY))} apply to AR runs only; "
+                     f"{args.workdir or args.pretrained} is a diffusion model.")
+  if args.image_only and not args.image:
+    raise SystemExit("--image-only conditions on the reference image alone: give --image REF.png.")
+  files = read_image_files(args)
+  pipe, settings, init, mask, extra = load_pipeline(args, files)
+  kwargs = dict(init_image=init, inpaint_mask=mask)
+  if args.image:
+    kwargs.update(image=np.asarray(images_lib.on_background(files["image"]), np.uint8),
+                  use_text=not args.image_only)
+    try:
+      pipe.embed(None, kwargs["image"], 1)
+    except ValueError as e:
+      raise SystemExit(f"{e} (flag: --image)") from e
+    extra = dict(extra, image=args.image, image_only=args.image_only)
+  if files["paint"]:
+    try:  # every phrase, mask and the weight checked before any sampling
+      pipe.paint_weights(prompts, files["paint"], args.paint_weight, args.paint_outside)
+    except ValueError as e:
+      raise SystemExit(f"{e} (flags: --paint, --paint-weight, --paint-outside)") from e
+    extra = dict(extra, paint=files["paint_files"], paint_weight=args.paint_weight,
+                 paint_outside=args.paint_outside)
+    kwargs.update(paint=files["paint"], paint_weight=args.paint_weight,
+                  paint_outside=args.paint_outside)
+  return pipe, settings, extra, kwargs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   cpu_devices.configure()  # before jax is imported
   prompts = read_prompts(args)
   t0 = time.perf_counter()
+  from vqd_jax.inference import settings as settings_lib  # pylint: disable=import-outside-toplevel
   from vqd_jax.inference.loading import run_stage  # pylint: disable=import-outside-toplevel
-  try:
-    stage = run_stage(args.workdir) if args.workdir else None
-  except FileNotFoundError as e:
-    raise SystemExit(f"{e} (flag: --workdir)") from e
+  stage = _load_model(lambda: run_stage(args.workdir), "--workdir") if args.workdir else None
   if args.coarse_workdir and args.step is not None:
     raise SystemExit("--step picks one run's checkpoint; CTF samples each run's latest.")
+  kwargs = {}
   if args.coarse_workdir or stage == "ctf_fine":
     if not args.coarse_workdir:
       raise SystemExit(f"{args.workdir} is CTF's fine stage: give its first stage with "
                        "--coarse-workdir COARSE_RUN.")
     pipe, settings, extra = load_ctf_pipeline(args)
-    kwargs = {}
   elif _flags_set(args, CTF_ONLY):
     raise SystemExit(f"{', '.join(_flags_set(args, CTF_ONLY))} apply to CTF runs only "
                      "(--workdir FINE_RUN --coarse-workdir COARSE_RUN).")
   elif stage == "ar":
     pipe, settings, extra = load_ar_pipeline(args)
-    kwargs = {}
   else:
-    if _flags_set(args, AR_ONLY):
-      raise SystemExit(f"{', '.join(_flags_set(args, AR_ONLY))} apply to AR runs only; "
-                       f"{args.workdir or args.pretrained} is a diffusion model.")
-    paint = parse_paint(args.paint)
-    pipe, settings, init, mask, extra = load_pipeline(args)
-    kwargs = dict(init_image=init, inpaint_mask=mask)
-    if args.image_only and not args.image:
-      raise SystemExit("--image-only conditions on the reference image alone: give --image REF.png.")
-    if args.image:
-      kwargs.update(image=read_reference_image(args.image), use_text=not args.image_only)
-      try:
-        pipe.embed(None, kwargs["image"], 1)
-      except ValueError as e:
-        raise SystemExit(f"{e} (flag: --image)") from e
-      extra = dict(extra, image=args.image, image_only=args.image_only)
-    if paint:
-      try:  # every phrase, mask and the weight checked before any sampling
-        pipe.paint_weights(prompts, paint, args.paint_weight, args.paint_outside)
-      except ValueError as e:
-        raise SystemExit(f"{e} (flags: --paint, --paint-weight, --paint-outside)") from e
-      extra = dict(extra, paint=paint, paint_weight=args.paint_weight,
-                   paint_outside=args.paint_outside)
-      kwargs.update(paint=paint, paint_weight=args.paint_weight,
-                    paint_outside=args.paint_outside)
+    pipe, settings, extra, kwargs = load_diffusion_call(args, prompts)
+  if getattr(pipe, "conditioner", None) is not None and not args.image_only:
+    for note in settings_lib.prompt_notes(pipe.conditioner.tokenizer, prompts):
+      print(note, file=sys.stderr)
   records = generate_to_folder(pipe, prompts, args.out, num_samples=args.num_samples,
                                settings=settings, seed=args.seed, batch_size=args.batch_size,
                                extra_info=extra, **kwargs)

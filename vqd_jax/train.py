@@ -10,8 +10,9 @@ Any config field can be overridden with ``--config.<field>=<value>``. ``configs/
 found relative to the working directory, else among the configs installed with vqd_jax. Re-running
 the same command after a crash or preemption continues from the last checkpoint in ``--workdir``
 (``--config.train.restore_step=N`` goes back to an older one). A workdir in use by another training
-process, a checkpoint that cannot be restored or saved, and NaN/inf losses stop the run with a
-message saying what to do and a non-zero exit code.
+process, a checkpoint that cannot be restored or saved, a missing autoencoder run, data that
+cannot be read and NaN/inf losses stop the run with a message saying what to do and a non-zero
+exit code.
 """
 
 from __future__ import annotations
@@ -49,22 +50,32 @@ def quiet_library_logs() -> None:
 
 
 def resolve_config_argument(argv: list[str]) -> list[str]:
-  """``argv`` with the file of ``--config PATH[:preset]`` resolved (see ``configs_io.resolve``)."""
+  """``argv`` with the file of ``--config PATH[:preset]`` resolved (see ``configs_io.resolve``).
+
+  The config is loaded once first and every ``--config.<field>`` override checked to name a
+  field, so that a missing file, an error inside it, an unknown preset or field exits with its
+  message (config_flags would print a traceback).
+  """
   out = list(argv)
   for i, arg in enumerate(out):
     if arg.startswith("--config="):
       value = arg[len("--config="):]
-      out[i] = "--config=" + _resolved_or_given(value)
+      out[i] = "--config=" + _checked_spec(value, argv)
     elif arg == "--config" and i + 1 < len(out):
-      out[i + 1] = _resolved_or_given(out[i + 1])
+      out[i + 1] = _checked_spec(out[i + 1], argv)
   return out
 
 
-def _resolved_or_given(spec: str) -> str:
+def _checked_spec(spec: str, argv: list[str]) -> str:
   try:
-    return configs_io.resolve_spec(spec)
-  except FileNotFoundError:
-    return spec  # absl then reports the missing file
+    config = configs_io.load_config(spec)
+    for item in configs_io.pop_override_flags(argv)[1]["config"]:
+      configs_io.field_parent(config, item.partition("=")[0], f"--config.{item}")
+  except (FileNotFoundError, ValueError) as e:
+    # What absl prints for a bad flag, and its exit code.
+    sys.exit(f"FATAL Flags parsing error: {e}\n"
+             "Pass --helpshort or --helpfull to see help on flags.")
+  return configs_io.resolve_spec(spec)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -87,12 +98,14 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   from vqd_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from vqd_jax.data import DataSourceError  # pylint: disable=import-outside-toplevel
+  from vqd_jax.inference import loading  # pylint: disable=import-outside-toplevel
   from vqd_jax.training import nonfinite, workdir_lock  # pylint: disable=import-outside-toplevel
   try:
     metrics = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                       stop_after=_STOP_AFTER.value)
-  except (checkpoint.CheckpointError, workdir_lock.WorkdirLockError,
-          nonfinite.NonFiniteError) as e:
+  except (checkpoint.CheckpointError, workdir_lock.WorkdirLockError, nonfinite.NonFiniteError,
+          DataSourceError, loading.MissingRunError, loading.RunMismatchError) as e:
     # Each message names the problem and the fix; a traceback would only bury it.
     sys.exit(f"Error: {e}")
   logging.info("Done: %s", {k: round(v, 5) for k, v in metrics.items()})

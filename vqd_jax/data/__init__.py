@@ -14,12 +14,14 @@ Sources (each ``len(source)`` and ``source[i] -> raw record``):
 
 :func:`make_pipeline` turns a source into batches (``image`` uint8 ``[B, S, S, 3]`` or ``tokens``
 int32 ``[B, N]``, plus ``text_ids``/``text_mask`` when given a tokenizer). Unusable records are
-skipped and counted (:func:`skip_counts`), never fatal.
+skipped and counted (:func:`skip_counts`), never fatal; a source that cannot be opened or has no
+usable record at all is a :class:`DataSourceError`.
 """
 
 from vqd_jax.data.decode import mirror_caption
 from vqd_jax.data.decode import reset_skip_counts
 from vqd_jax.data.decode import skip_counts
+from vqd_jax.data.errors import DataSourceError
 from vqd_jax.data.folders import ClassFolderSource
 from vqd_jax.data.folders import ImageFolderSource
 from vqd_jax.data.pipeline import image_loader
@@ -35,8 +37,8 @@ from vqd_jax.data.tokens import TokenSource
 from vqd_jax.data.tokens import write_token_records
 
 __all__ = [
-    "ClassFolderSource", "ImageFolderSource", "PAPER_DATASETS", "SHAPES_VOCABULARY",
-    "ShapesSource", "TfdsSource", "TokenSource", "generate_shapes_example", "image_loader",
-    "iter_captions", "make_pipeline", "mirror_caption", "reset_skip_counts", "skip_counts",
-    "write_tfds_dataset", "write_token_records",
+    "ClassFolderSource", "DataSourceError", "ImageFolderSource", "PAPER_DATASETS",
+    "SHAPES_VOCABULARY", "ShapesSource", "TfdsSource", "TokenSource", "generate_shapes_example",
+    "image_loader", "iter_captions", "make_pipeline", "mirror_caption", "reset_skip_counts",
+    "skip_counts", "write_tfds_dataset", "write_token_records",
 ]

@@ -63,8 +63,22 @@ def check_data_config(cfg: ml_collections.ConfigDict, stage: str | None = None) 
 
 
 def make_source(cfg: ml_collections.ConfigDict):
-  """The random-access source named by ``cfg.source``."""
+  """The random-access source named by ``cfg.source``.
+
+  Raises:
+    ValueError: ``cfg`` names no usable source (:func:`check_data_config`).
+    vqd_jax.data.DataSourceError: the source cannot be opened (a missing folder or file, no
+      usable entry), naming the config fields.
+  """
   check_data_config(cfg)
+  try:
+    return _open_source(cfg)
+  except (OSError, ValueError) as e:
+    fields = "".join(f", data.{k}={cfg[k]!r}" for k in SOURCES[cfg.source][0])
+    raise data_lib.DataSourceError(f"config.data.source={cfg.source!r}{fields}: {e}") from e
+
+
+def _open_source(cfg: ml_collections.ConfigDict):
   kind = cfg.source
   if kind == "shapes":
     return data_lib.ShapesSource(resolution=cfg.image_size, seed=cfg.seed,

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image
 
+from vqd_jax import images as images_lib
+
 log = logging.getLogger(__name__)
 
 # Alpha is composited onto white, the background transparent images (emoji, icons) are drawn for.
@@ -56,17 +58,15 @@ def count_skip(reason: str, detail: str) -> None:
 
 def to_rgb(image: Image.Image) -> np.ndarray:
   """uint8 ``[H, W, 3]`` from any PIL mode; alpha is composited onto ``ALPHA_BACKGROUND``."""
-  if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
-    image = Image.alpha_composite(background, rgba)
-  return np.asarray(image.convert("RGB"), dtype=np.uint8)
+  return np.asarray(images_lib.on_background(image, ALPHA_BACKGROUND), dtype=np.uint8)
 
 
 def read_image(image) -> np.ndarray:
   """uint8 ``[H, W, 3]`` from a path, encoded bytes or an array (``[H, W]``, ``[H, W, 1|3|4]``).
 
-  Raises OSError/ValueError (PIL's errors included) for anything unreadable.
+  Files and bytes are read upright (EXIF orientation) and 16-bit ones scaled to 8 bits
+  (``vqd_jax.images.normalize``). Raises OSError/ValueError (PIL's errors included) for anything
+  unreadable.
   """
   if isinstance(image, np.ndarray):
     array = image
@@ -86,7 +86,7 @@ def read_image(image) -> np.ndarray:
     stream = open(image, "rb")  # pylint: disable=consider-using-with
   with stream, Image.open(stream) as pil:
     pil.load()  # decode now, inside the error handling, not lazily later
-    return to_rgb(pil)
+    return to_rgb(images_lib.normalize(pil))
 
 
 def resize_square(image: np.ndarray, size: int, rng: np.random.Generator | None = None,

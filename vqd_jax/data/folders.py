@@ -28,8 +28,9 @@ class ImageFolderSource:
   """Records ``{"image": path, "caption": str}`` from ``root/captions.jsonl``.
 
   Each line is a JSON object ``{"file": <path relative to root>, "caption": <text>}`` (noto-emoji-72
-  is laid out this way). A file may appear on several lines, one per caption. Lines that are not
-  valid JSON, lack a file, name a missing file or have an empty caption are skipped and counted.
+  is laid out this way). A file may appear on several lines, one per caption. The file is UTF-8
+  (a byte-order mark is fine); lines that are not UTF-8 or not valid JSON, lack a file, name a
+  missing file or have an empty caption are skipped and counted.
 
   Args:
     root: the folder holding the captions file and (under it) the images.
@@ -46,8 +47,14 @@ class ImageFolderSource:
           "ClassFolderSource (data.source='class_folder').")
     self.skipped: collections.Counter = collections.Counter()
     self.entries: list[tuple[str, str]] = []
-    with open(path, encoding="utf-8") as f:
-      for line_number, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line: one bad line is skipped, not fatal
+      for line_number, raw in enumerate(f, 1):
+        try:
+          line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+        except UnicodeDecodeError:
+          self.skipped["not_utf8_line"] += 1
+          log.debug("%s:%d is not UTF-8.", path, line_number)
+          continue
         if not line.strip():
           continue
         entry = self._parse(line, line_number, path)

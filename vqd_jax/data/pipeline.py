@@ -21,6 +21,7 @@ import numpy as np
 from vqd_jax.data import decode
 from vqd_jax.data import shapes as shapes_lib
 from vqd_jax.data import tokens as tokens_lib
+from vqd_jax.data.errors import DataSourceError
 from vqd_jax.data.tokens import EMBEDDING_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,9 @@ def _check_usable(source, fn: _ExampleFn) -> None:
     if decode.load_example(source[i], fn.image_size) is not None:
       return
   what = f"all {probe} records" if probe == len(source) else f"the first {probe} records"
-  raise ValueError(f"No usable example in {source!r}: {what} are unreadable or uncaptioned "
-                   f"(skip counts: {decode.skip_counts()}). Check the paths and image files.")
+  raise DataSourceError(f"No usable example in {source!r}: {what} are unreadable or "
+                        f"uncaptioned (skip counts: {decode.skip_counts()}). Check the paths and "
+                        "image files.")
 
 
 def make_pipeline(source, *, batch_size: int, image_size: int, seed: int, shuffle: bool = True,
@@ -125,7 +127,7 @@ def make_pipeline(source, *, batch_size: int, image_size: int, seed: int, shuffl
     raise ValueError("random_crop/random_flip cannot apply to pre-encoded tokens; turn them off "
                      "(or augment before encoding).")
   if len(source) == 0:
-    raise ValueError(f"{source!r} is empty.")
+    raise DataSourceError(f"{source!r} is empty.")
   fn = _ExampleFn(image_size=image_size, seed=seed, random_crop=random_crop,
                   random_flip=random_flip, tokenize=tokenize, tokens=tokens)
   _check_usable(source, fn)

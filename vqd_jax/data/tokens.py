@@ -23,6 +23,9 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from flax import serialization
 
+from vqd_jax.data import decode
+from vqd_jax.data.errors import DataSourceError
+
 FORMAT = "vqd_jax.tokens"
 VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -75,8 +78,8 @@ def write_token_records(path: str, records: Iterable[Mapping],
     writer.close()
   if count == 0:
     os.remove(partial)
-    raise ValueError(f"No records to write into {path}: the input iterable was empty (were all "
-                     "images unreadable? see vqd_jax.data.skip_counts()).")
+    raise DataSourceError(f"No records to write into {path}: the input iterable was empty (were "
+                          f"all images unreadable? skipped so far: {decode.skip_counts()}).")
   os.replace(partial, os.path.join(path, RECORDS_FILE))
   with open(metadata_path, "w", encoding="utf-8") as f:
     json.dump({"format": FORMAT, "version": VERSION, "num_records": count,

@@ -27,20 +27,39 @@ from vqd_jax.inference.run_autoencoder import run_autoencoder
 from vqd_jax.sharding import on_first_local_device, strip_boxes
 
 
+class MissingRunError(FileNotFoundError):
+  """No run, or not the checkpoint step asked for, where one is expected; says how to get one."""
+
+
+class RunMismatchError(ValueError):
+  """A run of another stage where a run of one stage is expected."""
+
+
 def open_run(workdir: str, stage: str, step: int | None, train_hint: str
           ) -> tuple[ckpt_lib.Checkpointer, int, ml_collections.ConfigDict]:
-  """``(checkpointer, step, config)`` of a ``stage`` run; clear errors when there is none."""
+  """``(checkpointer, step, config)`` of a ``stage`` run.
+
+  Raises:
+    MissingRunError: no checkpoint in ``workdir`` (or not ``step``).
+    RunMismatchError: the run is not a ``stage`` run.
+  """
   ckpt = ckpt_lib.Checkpointer(workdir, async_save=False, read_only=True)
-  step = ckpt.latest_step() if step is None else step
+  steps = ckpt.all_steps()
+  if step is not None and step not in steps:
+    ckpt.close()
+    raise MissingRunError(f"No checkpoint step {step} in {os.path.abspath(workdir)}/checkpoints "
+                          f"(its steps: {steps or 'none'}); pick one of them, or the latest by "
+                          "leaving the step out.")
+  step = steps[-1] if step is None and steps else step
   if step is None:
     ckpt.close()
     what = {"vqvae": "autoencoder", "diffusion": "denoiser"}.get(stage, f"{stage} model")
-    raise FileNotFoundError(f"No {what} checkpoint in {os.path.abspath(workdir)}/checkpoints: "
-                            f"train the {what} first ({train_hint}).")
+    raise MissingRunError(f"No {what} checkpoint in {os.path.abspath(workdir)}/checkpoints: "
+                          f"train the {what} first ({train_hint}).")
   config = ml_collections.ConfigDict(ckpt.restore_config(step))
   if config.get("stage") != stage:
     ckpt.close()
-    raise ValueError(f"{workdir} holds a {config.get('stage')!r} run, not a {stage} run.")
+    raise RunMismatchError(f"{workdir} holds a {config.get('stage')!r} run, not a {stage} run.")
   return ckpt, step, config
 
 
@@ -62,8 +81,8 @@ def load_autoencoder_with_config(workdir: str
                                  ) -> tuple[FrozenAutoencoder, ml_collections.ConfigDict]:
   """``(autoencoder, the run's config)`` of a ``stage=vqvae`` run."""
   if not workdir:
-    raise ValueError("config.vqvae_workdir is empty: point it at the workdir of a trained "
-                     "autoencoder (python -m vqd_jax.train --config configs/vqvae.py ...).")
+    raise MissingRunError("config.vqvae_workdir is empty: point it at the workdir of a trained "
+                          "autoencoder (python -m vqd_jax.train --config configs/vqvae.py ...).")
   ckpt, step, config = open_run(workdir, "vqvae", None,
                              "python -m vqd_jax.train --config configs/vqvae.py:shapes "
                              f"--workdir {workdir}")

@@ -23,6 +23,8 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
+from vqd_jax import images as images_lib
+
 # Measured best on the quickstart run (docs/experiments.md, 2026-12-05); a model's own best varies.
 DEFAULT_PAINT_WEIGHT = 0.5
 # The phrase's pull away from unpainted positions, relative to its pull into the mask (0: eDiff-I).
@@ -36,21 +38,17 @@ PaintSpec = Union[Paint, Sequence[Paint]]
 def load_mask(mask: Any, phrase: str = "") -> np.ndarray:
   """A mask as ``[h, w]`` float32 strengths in [0, 1]: white 1, black 0, grey in between.
 
-  Accepts a path to an image, a PIL image, or an array ``[h, w]`` or ``[h, w, C]`` (bool, uint8
-  0-255 or float 0-1; colour channels are averaged, alpha is ignored).
+  Accepts a path to an image, a PIL image (transparent pixels count as black; 16-bit files are
+  scaled, EXIF orientation applied: ``vqd_jax.images``), or an array ``[h, w]`` or ``[h, w, C]``
+  (bool, uint8 0-255 or float 0-1; colour channels are averaged, alpha is ignored).
   """
   where = f" (phrase {phrase!r})" if phrase else ""
   if isinstance(mask, (str, os.PathLike)):
     if not os.path.isfile(mask):
       raise ValueError(f"Paint mask {os.fspath(mask)!r}{where} is not a file; give a PNG path.")
-    try:
-      with Image.open(mask) as image:
-        mask = image.convert("L")
-        mask.load()
-    except OSError as e:
-      raise ValueError(f"Paint mask {os.fspath(mask)!r}{where} is not a readable image: {e}") from e
+    mask = images_lib.read_image_file(os.fspath(mask), f"Paint mask{where}")
   if isinstance(mask, Image.Image):
-    return np.asarray(mask.convert("L"), np.float32) / 255.0
+    return images_lib.mask_levels(mask)
   array = np.asarray(mask)
   if array.dtype == bool:
     array = array.astype(np.float32)

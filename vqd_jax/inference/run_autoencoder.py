@@ -58,8 +58,13 @@ def load_copy(workdir: str) -> FrozenAutoencoder:
   is an error naming the file."""
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
   folder = autoencoder_dir(workdir)
-  with open(os.path.join(folder, _CONFIG), encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config_path = os.path.join(folder, _CONFIG)
+  try:
+    with open(config_path, encoding="utf-8") as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{config_path} cannot be read ({type(e).__name__}: {e}); copy the run's "
+                     "autoencoder/ folder again from where the run was trained.") from None
   model = build.autoencoder(config)
   size = config.data.image_size
   images = jnp.zeros((1, size, size, 3), jnp.float32)
@@ -82,13 +87,13 @@ def load_copy(workdir: str) -> FrozenAutoencoder:
 
 def run_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> FrozenAutoencoder:
   """The autoencoder of a token-model run: its own copy, else ``config.vqvae_workdir``'s."""
-  from vqd_jax.inference.loading import load_autoencoder  # pylint: disable=import-outside-toplevel
+  from vqd_jax.inference import loading  # pylint: disable=import-outside-toplevel
   if has_copy(workdir):
     return load_copy(workdir)
   source = config.get("vqvae_workdir") or ""
   if source and not os.path.isdir(source):
-    raise FileNotFoundError(
+    raise loading.MissingRunError(
         f"{workdir} has no copy of its autoencoder ({AUTOENCODER_DIR}/) and its config points at "
         f"{source!r}, which does not exist here: pass the autoencoder's run with "
         "--config.vqvae_workdir=DIR (or copy the run together with that folder).")
-  return load_autoencoder(source)
+  return loading.load_autoencoder(source)

@@ -1,4 +1,5 @@
-"""User-facing sampling settings -> ``SamplerConfig``, and pixel masks -> token masks.
+"""User-facing sampling settings -> ``SamplerConfig``, user images and masks -> model inputs,
+and notes on prompts the text encoder cannot fully read.
 
 Shared by ``VQDiffusionPipeline`` and ``python -m vqd_jax.sample``, so both apply the same rules
 (step counts, editing vs inpainting, mask thresholds) with the same messages.
@@ -23,6 +24,12 @@ def sampler_config(num_timesteps: int, num_inference_steps: int | None = None,
   Starting at ``start_t`` keeps the same step density: ``num_inference_steps`` calls over the
   whole chain become ``ceil(num_inference_steps · (start_t + 1) / T)`` calls from ``start_t``.
   """
+  if not (math.isfinite(float(truncation_rate)) and 0 < float(truncation_rate) <= 1):
+    raise ValueError(f"truncation_rate must lie in (0, 1] (1 = off), got {truncation_rate}.")
+  if not math.isfinite(float(guidance_scale)):
+    raise ValueError(f"guidance_scale must be a finite number (1 = off), got {guidance_scale}.")
+  if purity_weight is not None and not math.isfinite(float(purity_weight)):
+    raise ValueError(f"purity_weight must be a finite number or None, got {purity_weight}.")
   steps = num_timesteps if num_inference_steps is None else int(num_inference_steps)
   if steps < 1 or (steps > num_timesteps and purity_weight is None):
     raise ValueError(f"num_inference_steps must be in [1, T = {num_timesteps}] for the posterior "
@@ -62,7 +69,7 @@ def token_mask(mask: Any, batch_size: int, token_grid: tuple[int, int], downsamp
 
   A token is regenerated when any pixel of its ``f x f`` patch is masked. A mask already at the
   token grid (``[h, w]`` / ``[B, h, w]``) is used as it is; an image read as ``[H, W, C]`` uses
-  its first channel; uint8 masks threshold at 127.
+  its first channel; uint8 masks threshold at 127. A mask with nothing to regenerate is an error.
   """
   (h, w), f = token_grid, downsample_factor
   big_h, big_w = h * f, w * f
@@ -80,4 +87,41 @@ def token_mask(mask: Any, batch_size: int, token_grid: tuple[int, int], downsamp
   mask = np.broadcast_to(mask, (batch_size, h, w)) if mask.shape[0] == 1 else mask
   if mask.shape[0] != batch_size:
     raise ValueError(f"inpaint_mask has {mask.shape[0]} masks for {batch_size} images.")
+  if not mask.any():
+    raise ValueError("inpaint_mask marks nothing to regenerate (no pixel above half, i.e. "
+                     "white / True): the image would come back unchanged.")
   return mask.reshape(batch_size, h * w)
+
+
+def fit_image(image: Any, size: tuple[int, int], mask: bool = False) -> np.ndarray:
+  """A user's PIL image at the model's ``size`` (H, W): an init image as uint8 ``[H, W, 3]``
+  (transparent pixels white, bicubic), or a ``mask`` as uint8 ``[H, W]`` grey levels (transparent
+  pixels black, nearest neighbour, so white stays white)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from vqd_jax import images  # pylint: disable=import-outside-toplevel
+  image = images.on_background(image, (0, 0, 0) if mask else (255, 255, 255))
+  image = image.convert("L") if mask else image
+  if image.size != (size[1], size[0]):
+    image = image.resize((size[1], size[0]), Image.NEAREST if mask else Image.BICUBIC)
+  return np.asarray(image, np.uint8)
+
+
+def prompt_notes(tokenizer: Any, prompts: list[str]) -> list[str]:
+  """Notes on what the text encoder will not read: unknown words, truncated prompts and prompts
+  with no token at all (a word tokenizer reads no emoji or symbols)."""
+  notes = []
+  unknown = tokenizer.unknown_words(prompts) if hasattr(tokenizer, "unknown_words") else []
+  if unknown:
+    shown = ", ".join(unknown[:8]) + (" ..." if len(unknown) > 8 else "")
+    notes.append(f"Note: the model's tokenizer does not know {shown}; they read as [UNK].")
+  cut = tokenizer.truncated(prompts) if hasattr(tokenizer, "truncated") else []
+  if cut:
+    notes.append(f"Note: {len(cut)} prompt(s) (the first: number {cut[0] + 1}) are longer than "
+                 f"the text encoder's {tokenizer.max_length} tokens; the rest is truncated.")
+  ids, mask = tokenizer(list(prompts))
+  content = mask & ~np.isin(ids, [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id])
+  blank = [i for i, row in enumerate(content) if not row.any() and prompts[i]]
+  if blank:
+    notes.append(f"Note: prompt number {blank[0] + 1} has no words the tokenizer reads; it "
+                 "samples like an empty prompt.")
+  return notes

@@ -89,8 +89,15 @@ def read_model_index(root: str | os.PathLike) -> dict[str, Any]:
     raise FileNotFoundError(f"{path!r} is missing: {root!r} is not a diffusers pipeline folder "
                             "(expected model_index.json plus vqvae/, transformer/, text_encoder/, "
                             "tokenizer/, scheduler/ sub-folders).")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      index = json.load(f)
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise ValueError(f"{path!r} is not valid JSON ({e}).") from None
+  if not isinstance(index, dict):
+    raise ValueError(f"{path!r} holds a {type(index).__name__}, not the JSON object of a diffusers "
+                     "pipeline ({\"_class_name\": ..., \"transformer\": [library, class], ...}).")
+  return index
 
 
 def listed(index: dict[str, Any], name: str) -> bool:

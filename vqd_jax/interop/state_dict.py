@@ -58,8 +58,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
       return dict(load_file(path))
     except Exception as e:  # bf16 tensors have no numpy dtype: fall back to torch below.
-      if "bfloat16" not in str(e).lower():
-        raise
+      if "bfloat16" not in str(e).lower():  # safetensors raises its own types for damaged files
+        raise ValueError(f"Weights file {path!r} cannot be read ({type(e).__name__}: {e}).") \
+            from None
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
