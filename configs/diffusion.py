@@ -7,6 +7,10 @@ Presets (``--config configs/diffusion.py:<preset>``):
   tiny_experts, shapes_experts
                tiny / shapes split into 3 eDiff-I expert denoisers by noise level, fine-tuned
                from a trained run: ``--config.init_from=BASE_WORKDIR``
+  emoji, cifar10
+               a captioned folder (like Noto Emoji) / a folder of class sub-folders (like the
+               CIFAR-10 test split), 32x32 -> 8x8 tokens of the autoencoder preset of the same
+               name; set ``--config.data.path=FOLDER`` (or token records: ``python -m vqd_jax.encode``)
   S, B, ithq   the VQ-Diffusion sizes of ``vqd_jax.transformer.presets`` for 256x256 images ->
                32x32 tokens. They have no data: set ``--config.data.source`` (tfds, folder,
                class_folder or tokens; training names the fields each needs).
@@ -150,6 +154,16 @@ def get_config(preset: str = "shapes") -> ml_collections.ConfigDict:
     c.train.update(num_steps=500_000, batch_size=32 if preset == "S" else 64, log_every=100,
                    ckpt_every=5000, sample_every=10_000, ema_decay=0.99)
     c.sampling.update(num_steps=100, guidance_scale=5.0 if preset == "ithq" else 3.0)
+  elif preset in ("emoji", "cifar10"):
+    c.model.update(patch_size=2, mlp_type="mix", mlp_ratio=2, relative_position_bias=True)
+    c.data.update(source="folder" if preset == "emoji" else "class_folder", path="",
+                  random_flip=preset == "cifar10")
+    # Emoji captions are Unicode names ("an emoji of large blue circle"): longer than shapes'.
+    c.text.max_length = 24 if preset == "emoji" else 8
+    c.train.update(batch_size=32, num_steps=5000)
+    c.sampling.truncation_rate = 0.8
+    c.preview_prompts = (["an emoji of red apple", "an emoji of smiling face with sunglasses"]
+                         if preset == "emoji" else ["a photo of a cat", "a photo of a ship"])
   elif preset in ("tiny_experts", "shapes_experts"):
     c = get_config(preset.split("_")[0])
     # Uniform-t tree, depth 1 on each side: t 0..24, 25..74, 75..99. Uniform rather than the
@@ -165,5 +179,5 @@ def get_config(preset: str = "shapes") -> ml_collections.ConfigDict:
       c.train.batch_size = 6
   else:
     raise ValueError(f"Unknown preset {preset!r}: use tiny, shapes, shapes_long, S, B, ithq, "
-                     "tiny_experts or shapes_experts.")
+                     "emoji, cifar10, tiny_experts or shapes_experts.")
   return c

@@ -15,8 +15,8 @@ from vqd_jax.transformer import Text2ImageTransformer
 from vqd_jax.transformer import fields as transformer_fields
 from vqd_jax.transformer.presets import PRESETS
 
-DIFFUSION_PRESETS = ("tiny", "shapes", "shapes_long", "S", "B", "ithq")
-VQVAE_PRESETS = ("tiny", "shapes", "shapes_long", "ithq", "f8")
+DIFFUSION_PRESETS = ("tiny", "shapes", "shapes_long", "S", "B", "ithq", "emoji", "cifar10")
+VQVAE_PRESETS = ("tiny", "shapes", "shapes_long", "ithq", "f8", "emoji", "cifar10")
 NO_DATA = [("diffusion", p) for p in ("S", "B", "ithq")] + [("vqvae", p) for p in ("ithq", "f8")]
 
 
