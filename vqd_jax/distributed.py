@@ -55,6 +55,8 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
   TPU pod slices and SLURM are detected automatically (``VQD_DISTRIBUTED=1`` or the explicit flags
   turn it on); GPU clusters without SLURM pass the coordinator address, process count and id (or the
   ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` environment variables).
+  ``JAX_LOCAL_DEVICE_IDS=0,1,...`` lists the GPUs a process uses (under SLURM JAX otherwise gives
+  each task the one GPU of its local task id; ``launch/slurm_gpu.sh`` runs one task per node).
   CPU-only processes (several on one machine, or CPU clusters) get gloo collectives. Single-process
   runs need nothing. Must run before anything touches a JAX device.
   """
@@ -63,8 +65,11 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
     num_processes = int(os.environ["JAX_NUM_PROCESSES"])
   if process_id is None and os.environ.get("JAX_PROCESS_ID"):
     process_id = int(os.environ["JAX_PROCESS_ID"])
+  local_ids = os.environ.get("JAX_LOCAL_DEVICE_IDS")
   if coordinator_address or os.environ.get("VQD_DISTRIBUTED") == "1":
     if runs_on_cpu():
       use_cpu_collectives()
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes,
+        process_id=process_id,
+        local_device_ids=[int(i) for i in local_ids.split(",")] if local_ids else None)

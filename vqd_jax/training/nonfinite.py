@@ -1,7 +1,7 @@
 """Non-finite losses and gradients: never applied, never saved, never trained through silently.
 
-Inside the jitted step (:func:`guarded`): when the loss, the gradient norm or any updated array of
-the state is NaN or inf, the step keeps the previous params, optimizer state, EMA and task state
+Inside the jitted step (:func:`guarded`): when the loss, the gradient norm or any updated
+parameter is NaN or inf, the step keeps the previous params, optimizer state, EMA and task state
 (only ``step`` advances, so step numbers, data and keys stay those of an uninterrupted run) and
 reports ``nonfinite = 1`` in its metrics.
 
@@ -61,11 +61,14 @@ def guarded(step_fn: Callable, state: Any, *args) -> tuple[Any, dict[str, jax.Ar
   """``step_fn(state, *args)`` whose update is dropped when anything it produced is non-finite.
 
   Returns the new state (or the old one with ``step`` advanced) and the step's metrics with
-  ``nonfinite`` (int32 0/1) added. Jittable; the check costs one read of the updated state.
+  ``nonfinite`` (int32 0/1) added. Jittable; the check costs one read of the updated parameters.
   """
   new, metrics = step_fn(state, *args)
+  # Finite gradients (their global norm) give finite optimizer moments, and finite parameters a
+  # finite EMA: checking the loss, the gradient norm and the parameters covers the whole state.
+  # Checking every array of the state instead made XLA CPU compile the step 10x slower.
   checked = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics}
-  ok = jnp.logical_and(_all_finite(checked), _all_finite(new.replace(step=state.step)))
+  ok = jnp.logical_and(_all_finite(checked), _all_finite(new.params))
   kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new.replace(step=state.step), state)
   return kept.replace(step=new.step), {**metrics, FLAG: jnp.logical_not(ok).astype(jnp.int32)}
 
