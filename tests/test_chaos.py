@@ -5,8 +5,13 @@ import json
 import os
 import re
 
+import pytest
+
 from vqd_jax import bench
 from vqd_jax.benchmarks import chaos
+
+# Several processes (or SIGKILL timing): run alone, after the parallel pass (pytest.ini).
+pytestmark = pytest.mark.serial
 
 
 def test_killed_runs_end_identical_and_differences_are_caught(tmp_path, capsys):

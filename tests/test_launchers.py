@@ -17,6 +17,9 @@ import pytest
 
 from multidevice_worker import FAST_COMPILE_FLAGS
 
+# Several processes (or SIGKILL timing): run alone, after the parallel pass (pytest.ini).
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parents[1]
 TPU = "launch/tpu_pod.sh"
 SLURM = "launch/slurm_gpu.sh"

@@ -18,6 +18,9 @@ from vqd_jax import checkpoint as ckpt_lib
 from vqd_jax.training import vqvae_task
 from vqd_jax.training import loop
 
+# Several processes (or SIGKILL timing): run alone, after the parallel pass (pytest.ini).
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parents[1]
 NUM_PROCESSES = 2
 
