@@ -34,6 +34,8 @@ setup(
     extras_require={
         # Reference tests compare against the PyTorch originals. torch==2.13.0 is the CPU build on
         # the CI machines; any torch>=2.1 works for the tests themselves.
-        "test": ["pytest>=8", "torch>=2.1", "diffusers>=0.30", "scikit-learn>=1.3"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch>=2.1", "diffusers>=0.30",
+                 "scikit-learn>=1.3", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6",
+                 "matplotlib>=3.7"],
     },
 )
