@@ -1,12 +1,18 @@
 """grain pipelines: batches, exact resumption, host slicing, epochs, skipping and augmentation."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from vqd_jax import data
+from vqd_jax.benchmarks import chaos
 from vqd_jax.evaluation import shapes as shapes_eval
 import test_data_helpers as helpers
 
@@ -165,3 +171,37 @@ def test_worker_processes_give_the_same_batches():
     assert_same_batches(batches(it, 2), expected[2:])
   finally:
     it.close()
+
+
+_PIPELINE_PARENT = """
+import time
+from vqd_jax import data
+it = data.make_pipeline(data.ShapesSource(resolution=32, seed=0, length=40), batch_size=4,
+                        image_size=32, seed=1, worker_count=2)
+next(it)
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from "
+                    "Linux's /proc")
+def test_worker_processes_end_when_the_trainer_is_killed():
+  # A preempted or OOM-killed trainer gets SIGKILL: no cleanup runs, so the decode workers must
+  # notice their parent's death themselves instead of holding their memory forever.
+  proc = subprocess.Popen([sys.executable, "-c", _PIPELINE_PARENT], stdout=subprocess.PIPE,
+                          text=True)
+  try:
+    assert proc.stdout.readline().strip() == "ready"
+    workers = chaos.descendants(proc.pid)
+    assert len(workers) >= 2
+  finally:
+    proc.kill()
+    proc.wait()
+  deadline = time.monotonic() + 20
+  while time.monotonic() < deadline and any(map(chaos.running, workers)):
+    time.sleep(0.2)
+  alive = [p for p in workers if chaos.running(p)]
+  for p in alive:
+    os.kill(p, signal.SIGKILL)
+  assert not alive, f"worker processes {alive} outlived their SIGKILLed parent"

@@ -37,6 +37,8 @@ class Attempt:
   delay: float        # seconds after the start the kill was due (inf: none)
   landed: str         # "starting", "training", "saving", or "finished" (not killed)
   steps_before: int   # the latest complete checkpoint step when it started
+  children: int = 0   # processes the trainer had started when killed (data workers)
+  orphans: int = 0    # of those, still alive 10 s after the kill
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +96,8 @@ class Outcome:
   landed: str            # "starting", "training", "saving" or "finished"
   seconds: float
   first_row: float | None  # seconds until this attempt logged its first step
+  children: int = 0
+  orphans: int = 0
 
 
 def _run(command: list[str], log_path: str, delay: float | None) -> Outcome:
@@ -117,11 +121,49 @@ def _run(command: list[str], log_path: str, delay: float | None) -> Outcome:
         # A run logs no step past its checkpoint before it trains (a restart truncates them).
         landed = ("saving" if _saving(workdir) else
                   "training" if _max_step(workdir) > resumed_from else "starting")
+        children = descendants(process.pid)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        return Outcome(None, landed, now, first_row)
+        return Outcome(None, landed, now, first_row, len(children), _reap_orphans(children))
       time.sleep(0.02)
     return Outcome(process.returncode, "finished", time.perf_counter() - start, first_row)
+
+
+def descendants(pid: int) -> set[int]:
+  """Every live process below ``pid``, from the parent links in /proc (empty elsewhere)."""
+  parents = {}
+  for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+          parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+      except (OSError, IndexError, ValueError):
+        continue
+  found, frontier = set(), {pid}
+  while frontier:
+    frontier = {p for p, parent in parents.items() if parent in frontier} - found
+    found |= frontier
+  return found
+
+
+def running(pid: int) -> bool:
+  """Alive and not a zombie waiting to be reaped (Linux /proc)."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+def _reap_orphans(children: set[int], wait: float = 10.0) -> int:
+  """How many of a killed trainer's processes outlive it by ``wait`` seconds; those are killed."""
+  deadline = time.perf_counter() + wait
+  while time.perf_counter() < deadline and any(map(running, children)):
+    time.sleep(0.1)
+  orphans = [p for p in children if running(p)]
+  for p in orphans:
+    os.kill(p, signal.SIGKILL)
+  return len(orphans)
 
 
 def _compare(reference: str, chaos: str) -> list[str]:
@@ -185,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       delay = float(startup + rng.uniform(0, span))
     before = _latest_step(chaos)
     out = _run(_train_command(args, chaos), chaos + ".log", delay)
-    attempts.append(Attempt(delay, out.landed, before))
+    attempts.append(Attempt(delay, out.landed, before, out.children, out.orphans))
     if out.landed == "finished":
       if out.code != 0:
         raise SystemExit(f"A chaos attempt failed on its own (exit {out.code}); see {chaos}.log.")
@@ -207,6 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(f"config {args.config}, {args.steps} steps; reference run {total:.1f} s "
         f"({startup:.1f} s to its first step)")
   print("kills landed while " + ", ".join(f"{k} {v}" for k, v in landed.items()))
+  with_workers = sum(a.children > 0 for a in kills)
+  if with_workers:
+    print(f"kills while the trainer's data workers ran: {with_workers}")
+  orphans = sum(a.orphans for a in kills)
+  if orphans:
+    problems.append(f"{orphans} worker processes outlived their killed trainer by 10 s")
   for p in problems:
     print(f"DIFFERENCE: {p}")
   survived = len(kills) if not problems else 0

@@ -14,6 +14,9 @@ reads rows ``[h*B/P, (h+1)*B/P)`` of each global batch, so the assembled global 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -148,9 +151,36 @@ def make_pipeline(source, *, batch_size: int, image_size: int, seed: int, shuffl
   if worker_count > 0:
     # Before batching: workers decode interleaved slices of the example stream, which the main
     # process reassembles in order, so batches do not depend on the worker count.
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    _parse_absl_flags()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
+                              worker_init_fn=die_with_parent)
   it_ds = it_ds.batch(batch_size, drop_remainder=True)
   return iter(it_ds)
+
+
+def _parse_absl_flags() -> None:
+  """grain's workers read absl flags; a library caller (a notebook, a script) has not parsed any."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def die_with_parent(worker_index: int = 0, worker_count: int = 0) -> None:
+  """Run in each grain worker: it exits when the trainer does, even when the trainer is SIGKILLed
+  (preemption, OOM killer), instead of lingering with its memory.
+
+  A daemon thread polls the parent's pid: the kernel's parent-death signal would fire when the
+  *thread* that started the worker ends, and grain starts workers from short-lived threads.
+  """
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(1)  # reparented: the trainer is gone
+
+  threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def image_loader(source, *, image_size: int) -> Callable[[int], dict | None]:
