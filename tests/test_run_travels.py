@@ -78,3 +78,34 @@ def test_loading_creates_nothing_and_names_what_is_missing(moved_run, tmp_path):
   path.write_bytes(path.read_bytes()[:100])
   with pytest.raises(ValueError, match="params.safetensors cannot be read"):
     VQDiffusionPipeline.from_run(str(damaged))
+
+
+def test_token_records_of_another_autoencoder_are_refused(tmp_path):
+  """Records carry their autoencoder's fingerprint; a run whose own autoencoder differs refuses
+  them, naming both, while the records of its own autoencoder (moved elsewhere) train."""
+  from vqd_jax import encode  # pylint: disable=import-outside-toplevel
+  from vqd_jax.training import diffusion_task  # pylint: disable=import-outside-toplevel
+  vq_config = configs_io.load_config("configs/vqvae.py:tiny")
+  records = {}
+  for seed in (0, 1):
+    vqvae_task.save_untrained(str(tmp_path / f"vq{seed}"), vq_config, seed=seed)
+    vq = load_autoencoder(str(tmp_path / f"vq{seed}"))
+    config = configs_io.load_config("configs/diffusion.py:tiny")
+    encode.encode_dataset(vq, config.data, str(tmp_path / f"tok{seed}"), num_examples=8,
+                          batch_size=8)
+    records[seed] = str(tmp_path / f"tok{seed}")
+  assert load_autoencoder(str(tmp_path / "vq0")).fingerprint != vq.fingerprint
+
+  def task(tokens, workdir):
+    config = configs_io.load_config("configs/diffusion.py:tiny", [
+        f"vqvae_workdir={tmp_path / 'vq0'}", "data.source=tokens", f"data.path={tokens}"])
+    return diffusion_task.DiffusionTask(config, str(tmp_path / workdir))
+
+  moved = shutil.move(records[0], tmp_path / "moved" / "tok0")
+  task(str(moved), "run")  # its own records, wherever they are now
+  # The run's copy of the autoencoder (not the original run) is what the records are checked
+  # against, so the check holds after the autoencoder's run is gone.
+  shutil.rmtree(tmp_path / "vq0")
+  with pytest.raises(ValueError, match=r"tok1 were written by another autoencoder \(fingerprint "
+                                       rf"{vq.fingerprint}\)"):
+    task(records[1], "run")

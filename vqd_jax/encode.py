@@ -87,7 +87,8 @@ def encode_dataset(vq, data_cfg, out: str, *, num_examples: int | None = None,
   if os.path.exists(stale):  # it described the codes being replaced
     os.remove(stale)
   layout = [dataclasses.asdict(s) for s, _ in embedders]
-  written = data_lib.write_token_records(out, records(), embeddings=layout)
+  written = data_lib.write_token_records(out, records(), embeddings=layout,
+                                         autoencoder=vq.fingerprint)
   return {"examples": int(written), "requested": int(total)}
 
 

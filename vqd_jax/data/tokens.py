@@ -9,7 +9,8 @@ training never runs the image encoder. Layout of a token folder::
 
   DIR/tokens.array_record   one msgpack record per example (flax.serialization format)
   DIR/metadata.json         {"format": "vqd_jax.tokens", "version": 1, "num_records": ...,
-                             "token_shape": [N], "files": ["tokens.array_record"]}
+                             "token_shape": [N], "files": ["tokens.array_record"],
+                             "autoencoder": "<FrozenAutoencoder.fingerprint of the encoder>"}
 
 ``metadata.json`` is written last, so a folder without it is an interrupted write.
 """
@@ -46,11 +47,12 @@ def _embedding_entries(record: Mapping) -> dict[str, np.ndarray]:
 
 
 def write_token_records(path: str, records: Iterable[Mapping],
-                        embeddings: list[dict] | None = None) -> int:
+                        embeddings: list[dict] | None = None, autoencoder: str = "") -> int:
   """Writes ``{"tokens": int [N], "caption": str}`` records into the folder ``path``; returns count.
 
   All records must share one token shape. Existing token records in ``path`` are replaced.
   ``embeddings``: the layout of the embedding entries the records carry (saved in the metadata).
+  ``autoencoder``: the fingerprint of the autoencoder that wrote the tokens ("" = unknown).
   """
   from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
   os.makedirs(path, exist_ok=True)
@@ -84,7 +86,7 @@ def write_token_records(path: str, records: Iterable[Mapping],
   with open(metadata_path, "w", encoding="utf-8") as f:
     json.dump({"format": FORMAT, "version": VERSION, "num_records": count,
                "token_shape": list(shape), "files": [RECORDS_FILE],
-               "embeddings": list(embeddings or [])}, f, indent=2)
+               "embeddings": list(embeddings or []), "autoencoder": autoencoder}, f, indent=2)
   return count
 
 
@@ -122,6 +124,11 @@ class TokenSource:
   def embeddings(self) -> list[dict]:
     """The layout of the records' embedding entries (``EmbeddingSource`` fields; may be empty)."""
     return list(self.metadata.get("embeddings", []))
+
+  @property
+  def autoencoder(self) -> str:
+    """The fingerprint of the autoencoder that wrote the tokens ("" for records written without)."""
+    return str(self.metadata.get("autoencoder", ""))
 
   def captions(self) -> list[str]:
     return [self[i]["caption"] for i in range(len(self))]

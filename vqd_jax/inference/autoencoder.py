@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import math
 from typing import Any
 
@@ -39,6 +41,18 @@ class FrozenAutoencoder:
   def codebook(self) -> np.ndarray:
     """The code vectors ``[K, D]`` float32."""
     return np.asarray(self.params["quantize"]["embedding"], np.float32)
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """16 hex digits of SHA-256 over every parameter (names, dtypes, shapes, bytes): token records
+    carry their autoencoder's, so a run can tell records of another autoencoder."""
+    digest = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(self.params)[0],
+                             key=lambda item: jax.tree_util.keystr(item[0])):
+      array = np.ascontiguousarray(np.asarray(leaf))
+      digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+      digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
 
   def token_grid(self, image_size: int) -> tuple[int, int]:
     """``(h, w)`` of the codes of ``image_size`` x ``image_size`` images."""

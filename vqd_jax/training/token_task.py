@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import functools
 import json
+import logging
 import os
 from typing import Any, Sequence
 
@@ -102,6 +103,25 @@ def autoencoder_of_run(config: ml_collections.ConfigDict, workdir: str):
   return vq
 
 
+def check_token_records(config: ml_collections.ConfigDict, vq) -> None:
+  """Raises ValueError when ``config.data`` names token records written by another autoencoder
+  than ``vq`` (the run's own): their codes would mean other image patches."""
+  if config.data.source != "tokens":
+    return
+  from vqd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  written_by = data_lib.TokenSource(config.data.path).autoencoder
+  if not written_by:
+    logging.warning("%s does not say which autoencoder wrote its tokens (written before "
+                    "`encode` recorded it), so it cannot be checked against this run's.",
+                    config.data.path)
+  elif written_by != vq.fingerprint:
+    raise ValueError(
+        f"The token records in {config.data.path} were written by another autoencoder "
+        f"(fingerprint {written_by}) than this run's (fingerprint {vq.fingerprint}). Point "
+        "--config.data.path at records encoded by this run's autoencoder, or re-encode with "
+        "`python -m vqd_jax.encode --vqvae-workdir` that autoencoder's run.")
+
+
 class TokenModelTask(abc.ABC):
   """Implements most of :class:`vqd_jax.training.state.Task` for a token model (module docstring)."""
 
@@ -110,6 +130,7 @@ class TokenModelTask(abc.ABC):
     self.workdir = workdir
     save_text_assets(config, workdir)
     self.vq = autoencoder_of_run(config, workdir)
+    check_token_records(config, self.vq)
     self.conditioner = build.conditioner(config, workdir)
     self.grid = self.vq.token_grid(config.data.image_size)
     self.coarse = None  # CTF: the code -> cluster table (config.ctf.num_clusters > 0)
