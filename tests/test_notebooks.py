@@ -22,7 +22,7 @@ quickstart's runs); each test reports its notebook's seconds (``pytest -s``).
 from __future__ import annotations
 
 import concurrent.futures
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -51,24 +51,22 @@ def _source(cell: dict) -> str:
   return "".join(cell["source"])
 
 
-def _generator():
-  spec = importlib.util.spec_from_file_location("notebook_generator",
-                                                os.path.join(NOTEBOOK_DIR, "generate.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def _generator(monkeypatch):
+  """notebooks/generate.py, imported as its script run does: with notebooks/ on the path."""
+  monkeypatch.syspath_prepend(NOTEBOOK_DIR)
+  return importlib.import_module("generate")
 
 
-def test_every_notebook_is_listed_and_matches_its_generator():
+def test_every_notebook_is_listed_and_matches_its_generator(monkeypatch):
   pytest.importorskip("nbformat", reason="the notebook tests need pip install -e '.[test]'")
-  generate = _generator()
+  generate = _generator(monkeypatch)
   on_disk = sorted(f[:-len(".ipynb")] for f in os.listdir(NOTEBOOK_DIR) if f.endswith(".ipynb"))
   assert on_disk == sorted(NOTEBOOKS) == sorted(generate.NOTEBOOKS)
   for name in NOTEBOOKS:
     with open(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), encoding="utf-8") as f:
       assert f.read() == generate.render(name), (
-          f"notebooks/{name}.ipynb differs from notebooks/generate.py: edit the cells there and "
-          "run python notebooks/generate.py")
+          f"notebooks/{name}.ipynb differs from its cells: edit notebooks/cells_{name}.py (or "
+          "the shared parts in notebooks/shared_cells.py) and run python notebooks/generate.py")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
