@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from cli_coverage import covers
 from test_training_loop import _assert_resume_matches
 from vqd_jax import configs_io, sample
 from vqd_jax.inference.ar_pipeline import ARPipeline
@@ -42,6 +43,8 @@ def test_pipeline_samples_the_same_tokens_with_and_without_the_cache(tiny_ar_run
   np.testing.assert_array_equal(images, pipe.autoencoder.decode(tokens))
 
 
+# The records hold the settings object the sampler was called with.
+@covers("sample --temperature", "sample --top-k", "sample --top-p", "sample --no-cache")
 def test_sample_command_on_an_ar_run(tiny_ar_run, tmp_path, tiny_run):
   out = str(tmp_path / "out")
   args = ["--workdir", tiny_ar_run, "--prompt", "a large red circle", "--num-samples", "3",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import multidevice_worker
+from cli_coverage import covers
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny diffusion preset, widened to 128 (divisible by 8; a width-128 model's kernels outweigh
@@ -30,7 +31,9 @@ def report():
   return json.loads(out.stdout[out.stdout.index("{"):])
 
 
+@covers("bench memory --mesh")
 def test_fsdp8_holds_an_eighth_of_the_state_per_device(report):
+  # "--mesh data=1,fsdp=8": eight simulated devices, the state split eight ways.
   assert report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1} and report["devices"] == 8
   # The per-device bytes themselves are checked against the compiler's accounting below.
   assert report["state_bytes_per_device"] <= report["state_bytes_total"] / 8 * 1.1
@@ -41,7 +44,10 @@ def test_fsdp8_holds_an_eighth_of_the_state_per_device(report):
   assert 2 * params <= report["opt_state_bytes_total"] <= 2 * params + 64
 
 
+@covers("bench memory --config")
 def test_compiler_sees_the_same_per_device_state(report):
+  # "--config configs/diffusion.py:tiny": the step of that config (batches of 8 32px images with
+  # 16 text ids; T = 100), as the argument bytes below count them.
   # XLA's per-device argument bytes = the state shard + this device's batch rows + the key. The
   # batch (8 images of 32x32x3 uint8 + 16 text ids and mask) is small next to the state.
   state = report["state_bytes_per_device"]

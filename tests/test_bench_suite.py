@@ -7,9 +7,19 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from cli_coverage import covers
+from vqd_jax import configs_io
 from vqd_jax.benchmarks import models_rows
+from vqd_jax.benchmarks import sample_vs_diffusers
+from vqd_jax.training import vqvae_task
+from vqd_jax.transformer.presets import PRESETS
 
 
+@covers("bench suite --out", "bench models --scale", "bench models --batch-sizes",
+        "bench train --config", "bench train --vqvae-config", "bench sample --preset",
+        "bench sample --skip-diffusers")
 def test_suite_runs_every_benchmark_on_cpu(tmp_path):
   out = str(tmp_path / "suite")
   proc = subprocess.run([sys.executable, "-m", "vqd_jax.bench", "suite", "--out", out],
@@ -24,6 +34,36 @@ def test_suite_runs_every_benchmark_on_cpu(tmp_path):
   models = next(b for b in report["benchmarks"] if b["name"].startswith("models"))
   methods = {r["method"] for r in models["result"]["rows"]}
   assert {"AR cached K=16", "AR uncached K=16", "VQD 25 steps K=16"} <= methods
+  # What the quick sizes ask for shows in each result: the tiny models (K = the tiny preset's
+  # codes) at the batch sizes asked for ...
+  assert models["args"] == ["models", "--scale", "tiny", "--batch-sizes", "1,4"]
+  assert PRESETS["tiny"]["num_classes"] == 16
+  assert {r["batch"] for r in models["result"]["rows"]} == {1, 4}
+  # ... each train step of its config's batch, on the tiny autoencoder's token grid (the 32px
+  # default autoencoder has another), the two configs' steps of different cost ...
+  trains = [b for b in report["benchmarks"] if b["args"][0] == "train"]
+  assert [b["args"][1:5] for b in trains] == [
+      ["--config", "configs/diffusion.py:tiny", "--vqvae-config", "configs/vqvae.py:tiny"],
+      ["--config", "configs/ar.py:tiny", "--vqvae-config", "configs/vqvae.py:tiny"]]
+  tokens = vqvae_task.VQVAETask(configs_io.load_config("configs/vqvae.py:tiny"),
+                                str(tmp_path / "vq")).num_tokens
+  for bench in trains:
+    result = bench["result"]
+    assert result["config"] == bench["args"][2]
+    assert result["batch_size"] == configs_io.load_config(bench["args"][2]).train.batch_size
+    assert result["tokens_per_s"] / result["steps_per_s"] == pytest.approx(
+        result["batch_size"] * tokens)
+  assert len({b["result"]["step_flops_per_device"] for b in trains}) == 2
+  # ... and the pipeline of the small preset, timed without diffusers.
+  sample = next(b for b in report["benchmarks"] if b["args"][0] == "sample")
+  assert sample["args"][1:4] == ["--vs-diffusers", "--preset", "small"]
+  assert "--skip-diffusers" in sample["args"]
+  config = sample["result"]["config"]
+  small = sample_vs_diffusers.PRESETS["small"]
+  assert {k: config[k] for k in small if k in config} == {k: v for k, v in small.items()
+                                                          if k in config}
+  assert config["num_codes"] != sample_vs_diffusers.PRESETS["S"]["num_codes"]
+  assert "vqd_jax_s" in sample["result"] and "diffusers_s" not in sample["result"]
 
 
 def test_model_flops_scale_with_the_calls_they_make():

@@ -9,6 +9,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from cli_coverage import covers  # noqa: E402
 from test_clip_text import write_tiny_clip_tokenizer  # noqa: E402
 from test_clip_vision_vs_transformers import PROCESSOR, TOWER  # noqa: E402
 from vqd_jax import evaluate, images as images_lib  # noqa: E402
@@ -65,6 +66,9 @@ def test_scores_match_transformers(clip_dir):
   np.testing.assert_allclose(got, want, atol=2e-3)
 
 
+@covers("evaluate clip --samples", "evaluate clip --clip", "evaluate clip --output",
+        "evaluate clip-score --samples", "evaluate clip-score --clip",
+        "evaluate clip-score --output")
 def test_the_command_scores_a_samples_folder(clip_dir, tmp_path, capsys):
   directory, _ = clip_dir
   images, captions = _examples(5)
@@ -85,5 +89,14 @@ def test_the_command_scores_a_samples_folder(clip_dir, tmp_path, capsys):
   assert report["standard_error"] == pytest.approx(want.std(ddof=1) / np.sqrt(5), abs=1e-4)
   assert report["model"] == "CLIP checkpoint"
   assert capsys.readouterr().out.splitlines()[-1] == f"clip {report['clip_score']:.4f}"
+  # clip-score is another name of the same subcommand (one parser): --output moves the report.
+  # pylint: disable-next=protected-access
+  choices = next(a for a in evaluate.build_parser()._actions if a.dest == "metric").choices
+  assert choices["clip-score"] is choices["clip"]
+  output = tmp_path / "elsewhere.json"
+  assert evaluate.main(["clip-score", "--samples", str(samples), "--clip", directory,
+                        "--output", str(output)]) == 0
+  assert json.loads(output.read_text()) == report
+  assert f"report: {output}" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="neither a CLIP checkpoint folder"):
     evaluate.main(["clip-score", "--samples", str(samples), "--clip", str(tmp_path)])  # alias

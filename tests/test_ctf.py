@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cli_coverage import covers
 from test_training_loop import _assert_resume_matches
 from vqd_jax import configs_io, ctf, encode, sample
 from vqd_jax.inference.ctf_pipeline import CTFPipeline
@@ -113,19 +114,27 @@ def test_pipeline_draws_fine_codes_inside_the_sampled_clusters(ctf_runs):
   np.testing.assert_array_equal(cached[1], uncached[1])
 
 
+# The records hold the settings object the two-stage sampler was called with.
+@covers("sample --coarse-workdir", "sample --fine-temperature", "sample --fine-top-k",
+        "sample --fine-guidance")
 def test_sample_command_runs_both_stages_and_explains_mistakes(ctf_runs, tmp_path):
   _, runs = ctf_runs
   out = str(tmp_path / "out")
   base = ["--prompt", "a large red circle", "--num-samples", "2", "--out", out]
   args = ["--workdir", runs["tiny_fine"], "--coarse-workdir", runs["tiny_coarse"]] + base
   assert sample.main(args + ["--temperature", "1.1", "--fine-temperature", "0.9",
-                             "--fine-top-k", "3"]) == 0
+                             "--fine-top-k", "3", "--fine-guidance", "1.5"]) == 0
   with open(os.path.join(out, "samples.jsonl"), encoding="utf-8") as f:
     record = json.loads(f.readline())
   assert record["stage"] == "ctf" and record["coarse"]["temperature"] == 1.1
-  assert record["fine"] == {"temperature": 0.9, "top_k": 3, "guidance_scale": 1.0}
+  assert record["fine"] == {"temperature": 0.9, "top_k": 3, "guidance_scale": 1.5}
+  assert record["coarse_workdir"] == runs["tiny_coarse"]
   vqd = ["--workdir", runs["tiny_fine"], "--coarse-workdir", runs["tiny_coarse_vqd"]] + base
   assert sample.main(vqd + ["--steps", "4"]) == 0
+  with open(os.path.join(out, "samples.jsonl"), encoding="utf-8") as f:
+    record = json.loads(f.readline())
+  # The diffusion first stage samples the coarse labels now: its settings, not the AR's.
+  assert record["coarse"]["num_steps"] == 4 and "temperature" not in record["coarse"]
   for argv, message in [
       (["--workdir", runs["tiny_fine"]] + base, "--coarse-workdir"),
       (["--workdir", runs["tiny_coarse"]] + base, "first stage"),

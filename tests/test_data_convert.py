@@ -6,8 +6,11 @@ import pytest
 from vqd_jax import data
 from vqd_jax.data import convert_folder
 import test_data_helpers as helpers
+from cli_coverage import covers
 
 
+@covers("data.convert_folder --input", "data.convert_folder --output",
+        "data.convert_folder --name", "data.convert_folder --image-size")
 def test_captioned_folder_converts_and_reads_back(tmp_path, capsys):
   helpers.make_captioned_folder(tmp_path / "in")
   out = tmp_path / "tfds"

@@ -12,6 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from cli_coverage import covers  # noqa: E402
 from test_clip_text import write_tiny_clip_tokenizer  # noqa: E402
 from test_clip_vision_vs_transformers import PROCESSOR, TOWER  # noqa: E402
 from test_t5_vs_transformers import save_tiny_t5  # noqa: E402
@@ -172,6 +173,7 @@ def test_pipeline_samples_with_each_subset_of_sources(embedding_run):
     pipe.save_pretrained(os.path.join(workdir, "..", "export"))
 
 
+@covers("sample --image", "sample --image-only")
 def test_the_sample_command_and_its_errors(embedding_run, tmp_path):
   _, workdir, _ = embedding_run
   out = str(tmp_path / "samples")
@@ -180,17 +182,32 @@ def test_the_sample_command_and_its_errors(embedding_run, tmp_path):
   assert len(os.listdir(out)) == 4  # two images, grid.png, samples.jsonl
   reference = str(tmp_path / "ref.png")
   images_lib.save_png(reference, ShapesSource(resolution=32, seed=5)[0]["image"])
-  for extra in (["--prompt", "a red circle"], ["--image-only"]):
-    folder = str(tmp_path / f"with_image{len(extra)}")
+  images = {"text": _written(out)}
+  for name, extra in (("text+image", ["--prompt", "a red circle"]), ("image", ["--image-only"])):
+    folder = str(tmp_path / name)
     assert sample.main(["--workdir", workdir, "--image", reference, "--num-samples", "2",
                         "--steps", "4", "--out", folder] + extra) == 0
     assert len(os.listdir(folder)) == 4
+    images[name] = _written(folder)
+    with open(os.path.join(folder, "samples.jsonl"), encoding="utf-8") as f:
+      record = json.loads(f.readline())
+    assert (record["image"], record["prompt"]) == (reference, extra[1] if name == "text+image"
+                                                   else "")
+  # Same seed: the reference image changes the samples, and so does dropping the text.
+  assert not np.array_equal(images["text"], images["text+image"])
+  assert not np.array_equal(images["text+image"], images["image"])
   bad = tmp_path / "bad.png"
   bad.write_bytes(b"not a png")
   with pytest.raises(SystemExit, match="cannot be read as an image"):
     sample.main(["--workdir", workdir, "--prompt", "x", "--image", str(bad), "--out", out])
   with pytest.raises(SystemExit, match="give --image REF.png"):
     sample.main(["--workdir", workdir, "--prompt", "x", "--image-only", "--out", out])
+
+
+def _written(folder) -> np.ndarray:
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  return np.stack([np.asarray(Image.open(os.path.join(folder, f"0000{i}.png")).convert("RGB"))
+                   for i in range(2)])
 
 
 def test_a_source_missing_from_the_records_is_named(embedding_run, tiny_vq_dir, source_dirs,

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_coverage import covers
 from vqd_jax import evaluate
 from vqd_jax.evaluation import all_cli, all_metrics, fid, heldout, inception_cli
 from vqd_jax.evaluation import shapes as shapes_eval
@@ -100,6 +101,7 @@ def test_writes_held_out_samples_references_and_the_table(evaluated):
 
 
 @pytest.mark.reference
+@covers("evaluate all --inception", "evaluate all --splits")
 def test_inception_metrics_equal_their_subcommands(evaluated, monkeypatch):
   from test_fid_metrics import low_rank_fid  # pylint: disable=import-outside-toplevel
   from vqd_jax.evaluation.inception import load_inception  # pylint: disable=import-outside-toplevel
@@ -115,9 +117,11 @@ def test_inception_metrics_equal_their_subcommands(evaluated, monkeypatch):
   assert (metrics["kid"]["value"], metrics["kid"]["error"]) == (kid["kid"], kid["kid_std"])
   score = cli_report(["is", *folders, "--splits", "2"], out / "is.json")
   assert (metrics["is"]["value"], metrics["is"]["error"]) == (score["is"], score["is_std"])
+  assert score["splits"] == 2 and metrics["is"]["error_kind"] == "std over 2 splits"
 
 
 @pytest.mark.reference
+@covers("evaluate all --clip", "evaluate fid --features", "evaluate fid --clip")
 def test_clip_and_shapes_metrics_equal_their_subcommands(evaluated):
   from vqd_jax.evaluation import clip_score  # pylint: disable=import-outside-toplevel
   out, metrics, clip = evaluated["out"], evaluated["metrics"]["metrics"], evaluated["clip"]
@@ -130,6 +134,7 @@ def test_clip_and_shapes_metrics_equal_their_subcommands(evaluated):
   report = cli_report(["fid", "--features", "clip", "--clip", clip, *folders],
                       out / "fid_clip.json")
   assert report["fid_clip"] == metrics["fid_clip"]["value"] and "not comparable" in report["note"]
+  assert report["fid_clip"] == pytest.approx(want, rel=1e-4) and report["clip"] == clip
   score = cli_report(["clip", "--samples", str(out / "samples"), "--clip", clip],
                      out / "clip.json")
   assert (metrics["clip_score"]["value"], metrics["clip_score"]["error"]) == (

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cli_coverage import covers
 from vqd_jax import evaluate
 from vqd_jax.data import shapes
 
@@ -26,6 +27,7 @@ def write_samples(folder, n_right=6, n_wrong=2):
   return data
 
 
+@covers("evaluate shapes --samples")
 def test_scores_a_samples_folder(tmp_path, capsys):
   data = write_samples(tmp_path)
   assert evaluate.main(["shapes", "--samples", str(tmp_path)]) == 0
@@ -44,6 +46,7 @@ def test_scores_a_samples_folder(tmp_path, capsys):
   assert report["object_accuracy"]["small circle"]["accuracy"] < 1.0
 
 
+@covers("evaluate shapes --output")
 def test_unreadable_image_counts_as_wrong_and_errors_are_clear(tmp_path, capsys):
   write_samples(tmp_path, n_right=3, n_wrong=0)
   (tmp_path / "img" / "001.png").write_bytes(b"not a png")
@@ -51,6 +54,7 @@ def test_unreadable_image_counts_as_wrong_and_errors_are_clear(tmp_path, capsys)
   assert capsys.readouterr().out.strip().splitlines()[-1] == "shapes score: 0.667"
   report = json.loads((tmp_path / "r.json").read_text())
   assert "unreadable image" in report["samples"][1]["reason"]
+  assert not (tmp_path / "shapes_score.json").exists()  # --output replaces the default report
   with pytest.raises(SystemExit, match="samples.jsonl does not exist"):
     evaluate.main(["shapes", "--samples", str(tmp_path / "nothing")])
 

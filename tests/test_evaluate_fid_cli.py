@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_coverage import covers
 from test_fid_metrics import low_rank_fid
 from vqd_jax import evaluate
 from vqd_jax.evaluation import fid, inception_cli
@@ -86,20 +87,21 @@ def library(weights, folders):
   return dict(model=model, a_pool=a_pool, b_pool=b_pool, b_logits=b_logits)
 
 
-def run(argv, weights, capsys):
-  """``evaluate.main(argv + weights and batch flags)`` -> its printed lines."""
-  common = ["--inception", weights, "--batch-size", str(NUM_IMAGES), "--no-progress"]
-  assert evaluate.main([*argv, *common]) == 0
+def run(argv, capsys):
+  """``evaluate.main(argv + batch flags)`` -> its printed lines."""
+  assert evaluate.main([*argv, "--batch-size", str(NUM_IMAGES), "--no-progress"]) == 0
   return capsys.readouterr().out.strip().splitlines()
 
 
 @pytest.mark.reference
+@covers("evaluate fid --samples", "evaluate fid --reference", "evaluate fid --inception",
+        "evaluate fid --save-reference-stats", "evaluate fid --output")
 def test_fid_of_two_folders_and_of_a_folder_with_its_saved_statistics(weights, folders, library,
                                                                        capsys):
   root = folders[0]
   stats_file = root / "a_stats.npz"
   lines = run(["fid", "--samples", str(root / "b"), "--reference", str(root / "a"),
-               "--save-reference-stats", str(stats_file)], weights, capsys)
+               "--save-reference-stats", str(stats_file), "--inception", weights], capsys)
   report = json.loads((root / "b" / "fid.json").read_text())
   assert lines[-1] == f"fid {report['fid']:.4f}" and report["fid"] > 0
   assert report["num_samples"] == NUM_IMAGES and report["samples_skipped"] == ["03_broken.png"]
@@ -115,16 +117,19 @@ def test_fid_of_two_folders_and_of_a_folder_with_its_saved_statistics(weights, f
 
   # A folder against its own saved statistics: 0 up to the square root's rounding.
   lines = run(["fid", "--samples", str(root / "a"), "--reference", str(stats_file), "--output",
-               str(root / "self.json")], weights, capsys)
+               str(root / "self.json"), "--inception", weights], capsys)
   value = json.loads((root / "self.json").read_text())["fid"]
   assert abs(value) < 1e-3 * report["fid"] and lines[-1] == f"fid {value:.4f}"
 
 
 @pytest.mark.reference
+@covers("evaluate kid --samples", "evaluate kid --reference", "evaluate kid --inception",
+        "evaluate kid --num-subsets", "evaluate kid --subset-size", "evaluate kid --seed")
 def test_kid_of_two_folders(weights, folders, library, capsys):
   root = folders[0]
   lines = run(["kid", "--samples", str(root / "b"), "--reference", str(root / "a"),
-               "--num-subsets", "5", "--subset-size", "4", "--seed", "3"], weights, capsys)
+               "--num-subsets", "5", "--subset-size", "4", "--seed", "3", "--inception", weights],
+              capsys)
   kid = json.loads((root / "b" / "kid.json").read_text())
   assert lines[-1] == f"kid {kid['kid']:.6f}" and lines[-2].startswith("kid std ")
   expected = fid.kernel_inception_distance(library["b_pool"], library["a_pool"], 5, 4, seed=3)
@@ -134,9 +139,11 @@ def test_kid_of_two_folders(weights, folders, library, capsys):
 
 
 @pytest.mark.reference
+@covers("evaluate is --samples", "evaluate is --inception", "evaluate is --splits")
 def test_inception_score_of_a_folder(weights, folders, library, capsys):
   root = folders[0]
-  lines = run(["is", "--samples", str(root / "b"), "--splits", "2"], weights, capsys)
+  lines = run(["is", "--samples", str(root / "b"), "--splits", "2", "--inception", weights],
+              capsys)
   score = json.loads((root / "b" / "is.json").read_text())
   assert lines[-1] == f"is {score['is']:.4f}" and lines[-2].startswith("is std ")
   unbiased = library["b_logits"] - np.asarray(library["model"].params["fc"]["bias"])

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from cli_coverage import covers
 from vqd_jax.benchmarks import fuzz
 from vqd_jax.benchmarks.fuzz import OK, Case
 
@@ -27,12 +28,21 @@ def test_every_bad_input_is_handled(tiny_run, tiny_vq_dir, tmp_path):
   assert table.endswith(f"fuzz: {len(results)} of {len(results)} cases handled")
 
 
+@covers("bench fuzz --workdir", "bench fuzz --out", "bench fuzz --run", "bench fuzz --vqvae",
+        "bench fuzz --only")
 def test_the_command_writes_every_case_as_json(tiny_run, tiny_vq_dir, tmp_path, capsys):
   out = tmp_path / "fuzz.json"
   assert fuzz.main(["--workdir", str(tmp_path / "work"), "--out", str(out), "--run", tiny_run,
                     "--vqvae", tiny_vq_dir, "--only", "numeric/"]) == 0
   report = json.loads(out.read_text())
   assert report["cases"] == report["handled"] == len(report["results"]) > 10
+  # "--only numeric/": no other case ran.
+  assert all("numeric/" in r["name"] for r in report["results"])
+  # "--workdir": the inputs were prepared there; "--run" and "--vqvae": from the runs given (the
+  # export of the run), no tiny runs of its own trained there.
+  work = tmp_path / "work"
+  assert (work / "pretrained" / "model_index.json").is_file() and (work / "images").is_dir()
+  assert not (work / "run").exists() and not (work / "vq").exists()
   assert capsys.readouterr().out.splitlines()[-1] == (
       f"fuzz: {report['cases']} of {report['cases']} cases handled")
 

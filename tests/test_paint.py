@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_coverage import covers
 from vqd_jax import diffusion, sample
 from vqd_jax.diffusion import schedules
 from vqd_jax.inference import VQDiffusionPipeline, paint as paint_lib
@@ -215,17 +216,29 @@ def test_pipeline_paint(tiny_run):
     pipe(["a large red circle"], paint={"blue square": box}, **kw)
 
 
-def test_sample_command_paints_and_explains_bad_flags(tiny_run, tmp_path):
+@covers("sample --paint", "sample --paint-weight", "sample --paint-outside")
+def test_sample_command_paints_and_explains_bad_flags(tiny_run, tmp_path, monkeypatch):
   mask = tmp_path / "left.png"
   Image.fromarray(np.tile(np.array([255, 255, 0, 0], np.uint8), (4, 1))).save(mask)
   out = str(tmp_path / "out")
   args = ["--workdir", tiny_run, "--prompt", "a large red circle", "--num-samples", "2",
           "--steps", "4", "--out", out]
-  assert sample.main(args + ["--paint", f"red circle={mask}", "--paint-weight", "2"]) == 0
+  # The sampler is called with the mask's levels, the weight and the outside factor (whose
+  # effect on the denoiser is checked above).
+  seen, generate = [], VQDiffusionPipeline.generate
+  monkeypatch.setattr(VQDiffusionPipeline, "generate",
+                      lambda self, *a, **kw: seen.append(kw) or generate(self, *a, **kw))
+  assert sample.main(args + ["--paint", f"red circle={mask}", "--paint-weight", "2",
+                             "--paint-outside", "0.5"]) == 0
+  (kwargs,) = seen  # one call: both samples in one batch
+  assert set(kwargs["paint"]) == {"red circle"}
+  np.testing.assert_array_equal(kwargs["paint"]["red circle"], np.tile([1.0, 1.0, 0, 0], (4, 1)))
+  assert (kwargs["paint_weight"], kwargs["paint_outside"]) == (2.0, 0.5)
+  monkeypatch.undo()
   with open(os.path.join(out, "samples.jsonl"), encoding="utf-8") as f:
     records = [json.loads(line) for line in f]
   assert records[0]["paint"] == {"red circle": str(mask)} and records[0]["paint_weight"] == 2.0
-  assert records[0]["paint_outside"] == 1.0
+  assert records[0]["paint_outside"] == 0.5
   empty = tmp_path / "empty.png"
   Image.fromarray(np.zeros((4, 4), np.uint8)).save(empty)
   for flags, message in [

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from cli_coverage import covers
 from vqd_jax import convert
 from vqd_jax import diffusion
 from vqd_jax import text as text_lib
@@ -142,6 +143,7 @@ def test_inpainting_keeps_unmasked_tokens_and_regenerates_touched_ones(exported)
     pipe.sampler_config(T + 1)
 
 
+@covers("convert export --workdir", "convert export --out", "convert check path")
 def test_convert_cli_exports_a_run_and_checks_the_folder(run, monkeypatch, tmp_path, capsys):
   from vqd_jax.inference import FrozenAutoencoder, TokenGenerator  # pylint: disable=import-outside-toplevel
   fake_run = types.SimpleNamespace(
@@ -202,6 +204,8 @@ def test_diffusers_loads_the_exported_components(run, exported):
   assert (scheduler.config.num_vec_classes, scheduler.config.num_train_timesteps) == (K + 1, T)
 
 
+@covers("sample --pretrained", "sample --init-image", "sample --mask",
+        "sample --num-samples", "sample --out")
 def test_sample_cli_inpaints_with_a_pretrained_folder(exported, tmp_path):
   from PIL import Image  # pylint: disable=import-outside-toplevel
   from vqd_jax import sample  # pylint: disable=import-outside-toplevel
@@ -282,6 +286,7 @@ def test_export_refuses_autoencoders_diffusers_cannot_express(extension):
       "block_out_channels"] == [8]
 
 
+@covers("convert export --no-ema", "convert export --workdir", "convert export --out")
 def test_no_ema_exports_the_raw_parameters_and_the_default_the_ema(tiny_run, tmp_path):
   # The truth: the arrays of the checkpoint itself, read by orbax without our loaders.
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel

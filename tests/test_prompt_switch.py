@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cli_coverage import covers
 from vqd_jax import diffusion, evaluate
 from vqd_jax.diffusion import sampling as sampling_lib
 from vqd_jax.evaluation import prompt_switch
@@ -61,12 +62,29 @@ def test_prompt_pairs_differ_in_colour_and_shape():
     assert oa.color != ob.color and oa.shape != ob.shape
 
 
-def test_the_command_reports_every_fraction_and_block(tiny_run, tmp_path):
+@covers("evaluate prompt-switch --workdir", "evaluate prompt-switch --out",
+        "evaluate prompt-switch --num-pairs", "evaluate prompt-switch --seed")
+def test_the_command_reports_every_fraction_and_block(tiny_run, tmp_path, monkeypatch):
+  calls, program = [], prompt_switch._program  # pylint: disable=protected-access
+
+  def recording(pipe, settings):
+    run = program(pipe, settings)
+    def call(params, ids_a, mask_a, ids_b, mask_b, key, below):
+      calls.append((np.asarray(ids_a), np.asarray(jax.random.key_data(key))))
+      return run(params, ids_a, mask_a, ids_b, mask_b, key, below)
+    return call
+  monkeypatch.setattr(prompt_switch, "_program", recording)
   out = str(tmp_path / "switch")
   assert evaluate.main(["prompt-switch", "--workdir", tiny_run, "--out", out,
-                        "--num-pairs", "3"]) == 0
+                        "--num-pairs", "3", "--seed", "5"]) == 0
   with open(os.path.join(out, "prompt_switch.json"), encoding="utf-8") as f:
     report = json.load(f)
+  assert report["workdir"] == tiny_run and report["checkpoint_step"] == 4
+  # One sampling call per fraction, each on the 3 pairs' A prompts with the key of --seed.
+  assert report["num_pairs"] == 3 and len(calls) == len(prompt_switch.FRACTIONS)
+  for ids_a, key in calls:
+    assert len(ids_a) == 3
+    np.testing.assert_array_equal(key, jax.random.key_data(jax.random.key(5)))
   assert list(report["switch"]) == [f"{f:g}" for f in prompt_switch.FRACTIONS]
   for row in report["switch"].values():
     assert 0 <= row["A"][0] <= 1 and 0 <= row["B"][0] <= 1

@@ -156,7 +156,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
           f"{score_text:>12}  {r['calls']}")
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m vqd_jax.bench models", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   mode = p.add_mutually_exclusive_group(required=True)
@@ -169,14 +169,20 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                          "path in seconds.")
   p.add_argument("--batch-sizes", default="1,32", help="Comma-separated batch sizes.")
   p.add_argument("--vqd-steps", default="25,50,100", help="VQ-Diffusion step counts.")
-  p.add_argument("--ctf-codes", default="4096,16384",
-                 help="--scale: codebook sizes of the CTF rows.")
+  p.add_argument("--ctf-codes", default=None,
+                 help="--scale: codebook sizes of the CTF rows (default 4096,16384 for S, twice "
+                      "the tiny preset's codes for tiny).")
   p.add_argument("--clusters", type=int, default=512, help="--scale: CTF's coarse labels.")
   p.add_argument("--guidance", type=float, default=2.0,
                  help="Guidance scale of every guided sampler (1 = off: half the rows).")
   p.add_argument("--full", action="store_true",
                  help="--scale: time the whole token sampler instead of extrapolating.")
   p.add_argument("--out", help="Also write the rows as JSON lines to this file.")
+  return p
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+  p = build_parser()
   return p.parse_args(argv)
 
 
@@ -188,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.trained:
     rows = models_rows.trained_rows(args.trained, batches, steps)
   else:
-    codes = [int(k) for k in args.ctf_codes.split(",")]
+    codes = [int(k) for k in args.ctf_codes.split(",")] if args.ctf_codes else None
     rows = models_rows.scale_rows(args.scale, batches, steps, codes, args.clusters,
                                   args.guidance, args.full)
   print_table(rows)

@@ -30,15 +30,18 @@ def _sizes(scale: str) -> dict[str, Any]:
               cross_attention_dim=p["cross_attention_dim"]), p["num_classes"]
 
 
-def scale_rows(scale: str, batches: Sequence[int], steps: Sequence[int], ctf_codes: Sequence[int],
-               clusters: int, guidance: float, full: bool) -> list[dict[str, Any]]:
-  """VQD, AR (cached, uncached), CTF and CTF-VQD of one size with random weights."""
+def scale_rows(scale: str, batches: Sequence[int], steps: Sequence[int],
+               ctf_codes: Sequence[int] | None, clusters: int, guidance: float,
+               full: bool) -> list[dict[str, Any]]:
+  """VQD, AR (cached, uncached), CTF and CTF-VQD of one size with random weights (CTF at
+  ``ctf_codes``, by default 4096 and 16384 codes for S, twice the preset's codes for tiny)."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from vqd_jax.autoregressive import ARTransformer  # pylint: disable=import-outside-toplevel
   from vqd_jax.transformer import Text2ImageTransformer  # pylint: disable=import-outside-toplevel
   sizes, codes = _sizes(scale)
   if scale == "tiny":  # seconds: the code path, not the figures
-    ctf_codes, clusters = [2 * codes], min(clusters, 4)
+    ctf_codes, clusters = ctf_codes or [2 * codes], min(clusters, 4)
+  ctf_codes = ctf_codes or [4096, 16384]
   text_len, text_dim = (77 if scale == "S" else 8), sizes["cross_attention_dim"]
   n = sizes["height"] * sizes["width"]
   states = jnp.zeros((1, text_len, text_dim), jnp.float32)

@@ -40,7 +40,7 @@ PRESETS = {
 }
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m vqd_jax.bench sample", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--vs-diffusers", action="store_true",
@@ -70,6 +70,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="Time vqd_jax only (e.g. on accelerators without a torch build).")
   parser.add_argument("--folder", default=None,
                       help="Where to write the random checkpoint (default: a temporary folder).")
+  return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = build_parser()
   args = parser.parse_args(argv)
   for key, value in PRESETS[args.preset].items():
     if getattr(args, key) is None:

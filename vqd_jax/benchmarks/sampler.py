@@ -38,7 +38,7 @@ from vqd_jax.diffusion.guidance import uses_guidance
 DENOISERS = ("matmul", "null")
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m vqd_jax.bench sampler",
       description="Time the jitted VQ-Diffusion sampler against its denoiser alone "
@@ -74,6 +74,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                       choices=("threefry2x32", "rbg", "unsafe_rbg"),
                       help="jax.random key implementation; the sampler draws B·N·(K+1) Gumbel "
                            "variables per step, which dominates the loop on CPUs with threefry.")
+  return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = build_parser()
   args = parser.parse_args(argv)
   unknown = set(args.denoisers.split(",")) - set(DENOISERS)
   if unknown:

@@ -44,7 +44,7 @@ SUITE: tuple[tuple[str, list[str], list[str]], ...] = (
 )
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m vqd_jax.bench suite", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--quick", action="store_true",
@@ -53,7 +53,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--out", default=None, help="Folder for suite.json (created if missing).")
   p.add_argument("--only", default=None,
                  help="Run only the benchmarks whose name contains this text.")
-  return p.parse_args(argv)
+  return p
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+  return build_parser().parse_args(argv)
 
 
 def _last_json(text: str) -> dict | None:
