@@ -3,6 +3,11 @@ r"""Contrastive stage: a CLIP (or SigLIP) dual encoder trained on captioned imag
 Presets (``--config configs/clip.py:<preset>``):
   tiny     unit tests and CPU smoke runs (seconds)
   shapes   the procedural shapes dataset, 32x32 (a couple of minutes on a CPU)
+  emoji, cifar10
+           a captioned folder / a folder of class sub-folders at 32x32, the data of the
+           autoencoder and diffusion presets of the same name (``--config.data.path=FOLDER``);
+           a folder has no held-out split, so retrieval is scored on other draws of the same
+           images: these towers are a feature extractor for ``fid_clip`` and ``clip_score``
 
   python -m vqd_jax.train --config configs/clip.py:shapes --workdir runs/clip
   python -m vqd_jax.train --config configs/clip.py:shapes --workdir runs/siglip \
@@ -78,6 +83,13 @@ def get_config(preset: str = "shapes") -> ml_collections.ConfigDict:
     c.optim.update(lr=2e-3, warmup_steps=10)
     c.train.update(num_steps=120, batch_size=32, log_every=20, ckpt_every=60, sample_every=60,
                    async_checkpoints=False)
+  elif preset in ("emoji", "cifar10"):
+    for data in (c.data, c.eval.data):
+      data.update(source="folder" if preset == "emoji" else "class_folder")
+    c.eval.data.seed = 1  # another order of the same folder (see the preset list above)
+    c.eval.data.path = c.data.get_ref("path")  # one --config.data.path sets both
+    c.text.max_length = 24 if preset == "emoji" else 8
+    c.train.num_steps = 3000
   elif preset != "shapes":
-    raise ValueError(f"Unknown preset {preset!r}: use tiny or shapes.")
+    raise ValueError(f"Unknown preset {preset!r}: use tiny, shapes, emoji or cifar10.")
   return c

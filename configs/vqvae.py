@@ -100,10 +100,10 @@ def get_config(preset: str = "shapes") -> ml_collections.ConfigDict:
 
 def _real_images(c: ml_collections.ConfigDict, preset: str) -> None:
   """Real 32x32 images: a convolutional encoder (the shapes one codes flat 4x4 patches one by
-  one) and more codes for textures; sized to train in about 20 minutes on 2 CPU cores."""
+  one) and more codes for textures; sized to train in about 15 minutes on 2 CPU cores."""
   c.data.update(source="folder" if preset == "emoji" else "class_folder", path="",
                 random_flip=preset == "cifar10")
   c.model.update(block_out_channels=(32, 64, 64), layers_per_block=1, patch_size=1,
                  local_encoder=False, down_attention=[False] * 3, up_attention=[False] * 3,
                  latent_channels=64, vq_embed_dim=64, num_vq_embeddings=512, norm_num_groups=16)
-  c.train.update(num_steps=4000, batch_size=32, log_every=100, ckpt_every=500, sample_every=1000)
+  c.train.update(num_steps=1500, batch_size=32, log_every=100, ckpt_every=500, sample_every=500)

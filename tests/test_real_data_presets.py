@@ -64,3 +64,24 @@ def test_the_presets_refuse_to_start_without_a_folder(tmp_path):
   with pytest.raises((FileNotFoundError, ValueError), match="data.path|folder"):
     loop.train_and_evaluate(configs_io.load_config("configs/vqvae.py:cifar10", SHORT),
                             str(tmp_path / "vq"))
+
+
+@pytest.mark.parametrize("preset", ["emoji", "cifar10"])
+def test_the_contrastive_preset_trains_on_the_same_folder(preset, tmp_path):
+  """One ``--config.data.path`` sets the training and the evaluation folder alike."""
+  rng = np.random.default_rng(1)
+  make = _captioned_folder if preset == "emoji" else _class_folder
+  data = str(make(tmp_path / "data", rng))
+  # An evaluation at the last step: retrieval on the evaluation folder, then the towers written.
+  config = configs_io.load_config(f"configs/clip.py:{preset}",
+                                  [f"data.path={data}", *SHORT, "train.sample_every=2"])
+  assert config.eval.data.path == data
+  run = str(tmp_path / "clip")
+  loop.train_and_evaluate(config, run)
+  with open(os.path.join(run, "metrics.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+  assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+  assert any(k.startswith("eval/") for r in rows for k in r), rows
+  for tower in ("clip_text", "clip_image"):
+    assert os.path.exists(os.path.join(run, tower, "config.json"))
