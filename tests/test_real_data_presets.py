@@ -10,7 +10,7 @@ import pytest
 
 from vqd_jax import configs_io
 from vqd_jax.inference import VQDiffusionPipeline
-from vqd_jax.training import loop
+from vqd_jax.training import clip_task, loop
 
 SHORT = ["train.num_steps=2", "train.batch_size=4", "train.log_every=1", "train.ckpt_every=2",
          "train.sample_every=0", "train.async_checkpoints=False", "optim.warmup_steps=0"]
@@ -76,6 +76,11 @@ def test_the_contrastive_preset_trains_on_the_same_folder(preset, tmp_path):
   config = configs_io.load_config(f"configs/clip.py:{preset}",
                                   [f"data.path={data}", *SHORT, "train.sample_every=2"])
   assert config.eval.data.path == data
+  if preset == "cifar10":  # stored class by class: evaluation spreads over every class
+    few = configs_io.load_config(f"configs/clip.py:{preset}",
+                                 [f"data.path={data}", "eval.num_examples=3"])
+    assert sorted(clip_task.held_out_examples(few)[1]) == [
+        "a photo of a cat", "a photo of a ship", "a photo of a truck"]
   run = str(tmp_path / "clip")
   loop.train_and_evaluate(config, run)
   with open(os.path.join(run, "metrics.jsonl"), encoding="utf-8") as f:

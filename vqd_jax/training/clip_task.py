@@ -67,16 +67,22 @@ def check_held_out(config: ml_collections.ConfigDict) -> None:
 
 
 def held_out_examples(config: ml_collections.ConfigDict) -> tuple[np.ndarray, list[str]]:
-  """The first ``eval.num_examples`` usable records of ``eval.data``: uint8 ``[N, S, S, 3]`` and
-  their captions (images at the training ``data.image_size``)."""
+  """``eval.num_examples`` usable records of ``eval.data``: uint8 ``[N, S, S, 3]`` and their
+  captions (images at the training ``data.image_size``). Shapes: the first N of its seed's draws;
+  a folder: N at evenly spaced indices (a class folder is stored class by class, and its first
+  records would all share one caption), unusable ones left out."""
   from vqd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from vqd_jax.evaluation import heldout  # pylint: disable=import-outside-toplevel
   check_held_out(config)
   cfg = ml_collections.ConfigDict(config.eval.data.to_dict())
   cfg.image_size = config.data.image_size
   source = data_config.make_source(cfg)
   load = data_lib.image_loader(source, image_size=cfg.image_size)
+  num = min(config.eval.num_examples, len(source))
+  order = (range(len(source)) if cfg.source == "shapes"
+           else heldout.spread_indices(len(source), num))
   images, captions = [], []
-  for index in range(len(source)):
+  for index in order:
     example = load(index)
     if example is not None:
       images.append(example["image"])
