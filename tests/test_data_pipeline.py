@@ -205,3 +205,18 @@ def test_worker_processes_end_when_the_trainer_is_killed():
   for p in alive:
     os.kill(p, signal.SIGKILL)
   assert not alive, f"worker processes {alive} outlived their SIGKILLed parent"
+
+
+def test_a_worker_whose_trainer_died_before_it_started_exits(monkeypatch):
+  # Killed while the worker was still starting: by the time it runs its init, its parent pid is
+  # already init's (or a subreaper's), and waiting for that one to change would wait forever.
+  import multiprocessing  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  import types  # pylint: disable=import-outside-toplevel
+  from vqd_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  exited = threading.Event()
+  monkeypatch.setattr(multiprocessing, "parent_process",
+                      lambda: types.SimpleNamespace(pid=os.getppid() + 1))  # the dead trainer
+  monkeypatch.setattr(os, "_exit", lambda code: exited.set())
+  pipeline.die_with_parent()
+  assert exited.wait(5)

@@ -173,7 +173,9 @@ def die_with_parent(worker_index: int = 0, worker_count: int = 0) -> None:
   *thread* that started the worker ends, and grain starts workers from short-lived threads.
   """
   del worker_index, worker_count
-  parent = os.getppid()
+  import multiprocessing  # pylint: disable=import-outside-toplevel
+  # The pid the worker was started by: the trainer may already be gone by now.
+  parent = getattr(multiprocessing.parent_process(), "pid", None) or os.getppid()
 
   def watch() -> None:
     while os.getppid() == parent:
