@@ -3,8 +3,8 @@
 A test that asserts the *effect* of a flag (not that ``--help`` mentions it) says so with
 ``@covers("sample --steps", "evaluate all --seed")``; ``test_cli_flag_coverage`` enumerates every
 flag of every command (argparse parsers and the trainer's absl flags) and checks the claims
-against it. Names are ``"<command> [<subcommand>] --flag"``, or ``"<command> [<subcommand>] <dest>"``
-for a positional argument.
+against it. Names are ``"<command> [<subcommand>] --flag"``, or
+``"<command> [<subcommand>] <dest>"`` for a positional argument.
 """
 
 from __future__ import annotations

@@ -108,6 +108,31 @@ def test_bench_models_rows_follow_the_flags(monkeypatch, capsys, tmp_path):
   assert [json.loads(line) for line in out.read_text().splitlines()] == rows
 
 
+
+@covers("bench models --trained")
+def test_bench_models_times_the_runs_a_quickstart_trained(tiny_run, tmp_path, capsys):
+  """A quickstart folder holding only its denoiser run (``diffusion/``) and its score: the VQD
+  rows time that run's own pipeline (its parameter count) and carry the score with its binomial
+  standard error; the families not trained there are named and skipped."""
+  from vqd_jax.inference import VQDiffusionPipeline  # pylint: disable=import-outside-toplevel
+  quickstart = tmp_path / "quickstart"
+  quickstart.mkdir()
+  os.symlink(tiny_run, quickstart / "diffusion")
+  (quickstart / "quickstart.json").write_text(
+      json.dumps({"score": {"score": 0.5, "num_samples": 100}}))
+  # 4 steps: the tiny run's own sampler, the setting its score was measured with.
+  assert models.main(["--trained", str(quickstart), "--batch-sizes", "1",
+                      "--vqd-steps", "4"]) == 0
+  out = capsys.readouterr().out
+  rows = _last_json(out)["rows"]
+  assert [r["method"] for r in rows] == ["VQD 4 steps"]
+  assert (rows[0]["shapes_score"], rows[0]["score_se"]) == (0.5, pytest.approx(0.05))
+  params = VQDiffusionPipeline.from_run(tiny_run).params["transformer"]
+  assert rows[0]["params"] == sum(x.size for x in jax.tree_util.tree_leaves(params))
+  for name in ("AR", "CTF"):
+    assert f"{name}: not trained in {quickstart}" in out
+
+
 # -- bench sampler -------------------------------------------------------------------------------
 
 
