@@ -56,7 +56,7 @@ def test_suite_runs_every_benchmark_on_cpu(tmp_path):
   assert len({b["result"]["step_flops_per_device"] for b in trains}) == 2
   # ... and the pipeline of the small preset, timed without diffusers.
   sample = next(b for b in report["benchmarks"] if b["args"][0] == "sample")
-  assert sample["args"][1:4] == ["--vs-diffusers", "--preset", "small"]
+  assert sample["args"][1:3] == ["--preset", "small"]
   assert "--skip-diffusers" in sample["args"]
   config = sample["result"]["config"]
   small = sample_vs_diffusers.PRESETS["small"]

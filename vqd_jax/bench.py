@@ -3,7 +3,7 @@
   python -m vqd_jax.bench sampler [--help]   sampler loop overhead vs the bare denoiser
   python -m vqd_jax.bench train   [--help]   train-step steps/s, tokens/s, FLOP/s and MFU
   python -m vqd_jax.bench memory  [--help]   per-device bytes of a compiled train step on a mesh
-  python -m vqd_jax.bench sample --vs-diffusers [--help]   full pipeline images/s vs diffusers
+  python -m vqd_jax.bench sample  [--help]   full pipeline images/s vs diffusers
   python -m vqd_jax.bench models  [--help]   VQD, AR, CTF, CTF-VQD: images/s and FLOPs per image
   python -m vqd_jax.bench suite   [--help]   all of the above as the README reports them
   python -m vqd_jax.bench chaos   [--help]   SIGKILL a training run at random, compare the result

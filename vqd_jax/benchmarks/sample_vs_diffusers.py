@@ -1,6 +1,6 @@
 """Full text-to-image sampling speed: vqd_jax's pipeline against diffusers' VQDiffusionPipeline.
 
-  python -m vqd_jax.bench sample --vs-diffusers [--steps 10 --batch-size 1 ...]
+  python -m vqd_jax.bench sample [--steps 10 --batch-size 1 ...]
 
 One random-weight VQ-Diffusion checkpoint (default: the VQ-Diffusion-S transformer of
 ``vqd_jax.transformer.presets``, K = 4096 codes on a 32x32 token grid, CLIP B/32-sized text encoder
@@ -43,8 +43,6 @@ PRESETS = {
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m vqd_jax.bench sample", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--vs-diffusers", action="store_true",
-                      help="Compare against diffusers (the only mode; accepted for clarity).")
   parser.add_argument("--preset", choices=sorted(PRESETS), default="S",
                       help="Model size; the size flags below override single fields.")
   for name, kind, what in (

@@ -38,9 +38,9 @@ SUITE: tuple[tuple[str, list[str], list[str]], ...] = (
      ["models", "--scale", "S", "--batch-sizes", "1,32", "--full"],
      ["models", "--scale", "tiny", "--batch-sizes", "1,4"]),
     ("pipeline, VQ-Diffusion-S 50 steps B=8, vs diffusers",
-     ["sample", "--vs-diffusers", "--preset", "S", "--steps", "50", "--batch-size", "8",
+     ["sample", "--preset", "S", "--steps", "50", "--batch-size", "8",
       "--repeats", "2"],
-     ["sample", "--vs-diffusers", "--preset", "small", "--steps", "4", "--skip-diffusers"]),
+     ["sample", "--preset", "small", "--steps", "4", "--skip-diffusers"]),
 )
 
 

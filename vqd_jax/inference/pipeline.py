@@ -23,7 +23,7 @@ tests/test_pipeline_vs_diffusers.py. Differences, on purpose:
   Improved VQ-Diffusion (``purity_weight``), which the diffusers pipeline lacks.
 * no float64 anywhere (diffusers runs its log_softmax in float64).
 
-``python -m vqd_jax.bench sample --vs-diffusers`` measures the full pipeline against diffusers.
+``python -m vqd_jax.bench sample`` measures the full pipeline against diffusers.
 """
 
 from __future__ import annotations

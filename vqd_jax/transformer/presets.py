@@ -15,7 +15,7 @@ ithq     36      1408   16     88        4096   1359.3M        1359M (5.44 GB fp
 
 VQ-Diffusion-S in the official code (``configs/cub200_s.yaml``) uses ``Conv_MLP`` (3×3 convolutions
 over the 32×32 token grid, ×2 hidden). The S preset keeps the fc ×4 MLP of the diffusers layout (so
-it exports to diffusers and ``bench sample --vs-diffusers`` can run it); the official layout is
+it exports to diffusers and ``bench sample`` can run it); the official layout is
 ``transformer_preset("S", mlp_type="conv", mlp_ratio=2)``, 35.9M parameters like the reference.
 S and B use the 2887 codes of the taming f8 Gumbel VQ (after the official remapping) and CLIP's 512-d
 text states; override ``num_classes`` / ``cross_attention_dim`` to match your own VQ-VAE and encoder.
