@@ -181,13 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = build_parser()
-  return p.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parse(argv)
+  args = build_parser().parse_args(argv)
   from vqd_jax.benchmarks import models_rows  # pylint: disable=import-outside-toplevel
   batches = [int(b) for b in args.batch_sizes.split(",")]
   steps = [int(s) for s in args.vqd_steps.split(",")]

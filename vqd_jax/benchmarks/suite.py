@@ -56,10 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-  return build_parser().parse_args(argv)
-
-
 def _last_json(text: str) -> dict | None:
   """The last line of ``text`` that parses as a JSON object (each benchmark prints one)."""
   for line in reversed(text.splitlines()):
@@ -81,7 +77,7 @@ def run_one(args: list[str]) -> tuple[int, str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parse(argv)
+  args = build_parser().parse_args(argv)
   import jax  # pylint: disable=import-outside-toplevel
   quick = args.quick or jax.default_backend() == "cpu"
   if quick and not args.quick:
