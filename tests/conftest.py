@@ -5,7 +5,9 @@ XLA flags must be set before jax is imported anywhere, so they live here.
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "")
+from jax_test_env import FAST_COMPILE_FLAGS
+
+os.environ.setdefault("XLA_FLAGS", FAST_COMPILE_FLAGS)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Loaded before any test: tensorflow_datasets imports its dependencies inside etils' lazy-import

@@ -3,6 +3,10 @@
 import os
 import tempfile
 
+# Test programs are tiny and run in milliseconds; compiling them dominates the suite, and these
+# flags cut LLVM's share (conftest.py sets them for every test process and its subprocesses).
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
 
 def use_persistent_compile_cache(jax) -> None:
   """Tests build the same tiny programs many times over (every train run re-creates its task): a

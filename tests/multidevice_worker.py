@@ -19,9 +19,7 @@ import os
 import subprocess
 import sys
 
-
-# Tiny test programs run in milliseconds; compiling them dominates, and these halve LLVM's share.
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+from jax_test_env import FAST_COMPILE_FLAGS
 
 
 def _setup(spec):

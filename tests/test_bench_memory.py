@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import multidevice_worker
 from cli_coverage import covers
+from jax_test_env import FAST_COMPILE_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny diffusion preset, widened to 128 (divisible by 8; a width-128 model's kernels outweigh
@@ -21,7 +21,7 @@ OVERRIDES = ["text.width=128", "text.num_heads=4", "model.num_heads=4", "model.h
 
 @pytest.fixture(scope="module")
 def report():
-  env = dict(os.environ, XLA_FLAGS=multidevice_worker.FAST_COMPILE_FLAGS)
+  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE_FLAGS)
   cmd = [sys.executable, "-m", "vqd_jax.bench", "memory", "--config", "configs/diffusion.py:tiny",
          "--mesh", "data=1,fsdp=8", "--vqvae-config", "configs/vqvae.py:tiny"]
   cmd += [f"--config.{item}" for item in OVERRIDES]

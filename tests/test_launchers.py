@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from multidevice_worker import FAST_COMPILE_FLAGS
+from jax_test_env import FAST_COMPILE_FLAGS
 
 # Several processes (or SIGKILL timing): run alone, after the parallel pass (pytest.ini).
 pytestmark = pytest.mark.serial

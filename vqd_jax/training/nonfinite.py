@@ -69,7 +69,9 @@ def guarded(step_fn: Callable, state: Any, *args) -> tuple[Any, dict[str, jax.Ar
   # Checking every array of the state instead made XLA CPU compile the step 10x slower.
   checked = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics}
   ok = jnp.logical_and(_all_finite(checked), _all_finite(new.params))
-  kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new.replace(step=state.step), state)
+  # One conditional rather than a `where` per array: the same result, and half the compile time
+  # of the whole step on XLA CPU (the selects fused into every update made fusion slow).
+  kept = jax.lax.cond(ok, lambda n, o: n, lambda n, o: o, new.replace(step=state.step), state)
   return kept.replace(step=new.step), {**metrics, FLAG: jnp.logical_not(ok).astype(jnp.int32)}
 
 
