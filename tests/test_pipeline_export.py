@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from cli_coverage import covers
+from jax_test_env import FAST_COMPILE_FLAGS
 from vqd_jax import convert
 from vqd_jax import diffusion
 from vqd_jax import text as text_lib
@@ -249,7 +250,9 @@ def test_rows_split_over_host_cpu_devices_sample_like_one_device(exported):
   over the devices; tokens and log-probabilities must be those of the single-device pipeline, and a
   run trained there (previews sample under the training mesh) must sample like one device."""
   folder = exported[0]
+  # No device count from the environment: the worker sets its devices up as the commands do.
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "VQD_CPU_DEVICES")}
+  env["XLA_FLAGS"] = FAST_COMPILE_FLAGS
   worker = os.path.join(os.path.dirname(__file__), "row_parallel_worker.py")
   proc = subprocess.run([sys.executable, worker, str(folder)], env=env, capture_output=True,
                         text=True, timeout=600, check=False)

@@ -1,5 +1,5 @@
 """Sharding changes where the numbers live, not what they are: a few training steps of both stages
-on an 8-device CPU mesh (data, fsdp, and data x fsdp x tensor) give the one-device losses, and fsdp
+on an 8-device CPU mesh (fsdp, and data x fsdp x tensor) give the one-device losses, and fsdp
 really splits the parameters."""
 
 import json
@@ -18,8 +18,8 @@ from vqd_jax.training import vqvae_task
 from vqd_jax.training import loop
 
 ROOT = Path(__file__).resolve().parents[1]
-MESHES = {"data8": {"data": 8}, "fsdp8": {"fsdp": 8},
-          "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2}}
+# Every mesh axis is split in one of the two; a data-only mesh adds no path these do not take.
+MESHES = {"fsdp8": {"fsdp": 8}, "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2}}
 NUM_STEPS = 4
 # Batch 8 splits over 8 devices; the tiny widths (8/16/32 channels, 32 codes, width 32) divide by 8,
 # the 33-row token embedding does not divide by tensor=2 (it falls back to replication). The
