@@ -4,6 +4,7 @@
   python -m vqd_jax.evaluate paint --workdir runs/quickstart/diffusion --out runs/paint
   python -m vqd_jax.evaluate prompt-switch --workdir runs/quickstart/diffusion --out runs/switch
   python -m vqd_jax.evaluate variations --workdir runs/sources --out runs/variations
+  python -m vqd_jax.evaluate bound --workdir runs/quickstart/diffusion --out runs/bound
   python -m vqd_jax.evaluate clip --samples runs/quickstart/samples --clip runs/clip
   python -m vqd_jax.evaluate fid --samples DIR --reference DIR_OR_NPZ --inception WEIGHTS
   python -m vqd_jax.evaluate kid --samples DIR --reference DIR_OR_NPZ --inception WEIGHTS
@@ -109,6 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Held-out reference images (default 1000).")
   variations.add_argument("--batch-size", type=int, default=50, help="Images per sampling call.")
   variations.add_argument("--seed", type=int, default=0, help="Sampling seed.")
+  bound = sub.add_parser(
+      "bound", help="Held-out variational bound per timestep (nats per token).",
+      description="Encodes the run's held-out examples, draws x_t for every evaluated t and "
+                  "measures each term of the variational bound under the run's denoiser (an "
+                  "ensemble: each t by its expert); prints the mean per t-range and the whole "
+                  "bound with standard errors; writes OUT/bound.json.")
+  bound.add_argument("--workdir", required=True, help="Workdir of a trained diffusion run.")
+  bound.add_argument("--out", required=True, help="Folder for the report.")
+  bound.add_argument("--num-examples", type=int, default=1000,
+                     help="Held-out examples, each measured once per evaluated t (default 1000).")
+  bound.add_argument("--t-stride", type=int, default=1,
+                     help="Evaluate every S-th timestep (default 1: all); the sum over t counts "
+                          "each evaluated one S times.")
+  bound.add_argument("--ranges", default=None, metavar="B[,B...]",
+                     help="First timesteps of the t-ranges after the first, e.g. 25,75 (default: "
+                          "an ensemble's own intervals, else T/4 and 3T/4).")
+  bound.add_argument("--batch-size", type=int, default=100, help="Examples per denoiser call.")
+  bound.add_argument("--seed", type=int, default=0, help="Seed of the noised tokens x_t.")
   inception_cli.add_parsers(sub)
   all_cli.add_parser(sub)
   return p
@@ -177,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.metric == "variations":
     from vqd_jax.evaluation import variations  # pylint: disable=import-outside-toplevel
     return variations.run(args)
+  if args.metric == "bound":
+    from vqd_jax.evaluation import bound  # pylint: disable=import-outside-toplevel
+    return bound.run(args)
   if args.metric == "paint":
     from vqd_jax.evaluation import paint_run  # pylint: disable=import-outside-toplevel
     return paint_run.run(args)
