@@ -67,6 +67,9 @@ TRUNCATION = [
 # each block's residual update that comes from cross-attention (experiments.md, "2026-12-05: when
 # does the text decide the image?").
 PROMPT_SWITCH = [(0.0, 0.0, 0.72), (0.1, 0.0, 0.747), (0.2, 0.0, 0.76), (0.3, 0.0, 0.713), (0.5, 0.0, 0.6), (0.7, 0.013, 0.307), (1.0, 0.7, 0.0)]
+# The same on a base trained 5,000 steps on the longer preset's data (experiments.md, "2026-12-06:
+# when does the text decide, on the longer data's base").
+PROMPT_SWITCH_LONG_DATA = [(0.0, 0.0, 0.847), (0.1, 0.0, 0.813), (0.2, 0.0, 0.793), (0.3, 0.0, 0.76), (0.5, 0.0, 0.587), (0.7, 0.0, 0.467), (1.0, 0.833, 0.0)]
 CROSS_ATTENTION_SHARE = {0: [0.138, 0.246, 0.379, 0.345], 10: [0.158, 0.262, 0.385, 0.344], 20: [0.173, 0.276, 0.384, 0.349], 30: [0.189, 0.285, 0.389, 0.353], 40: [0.208, 0.294, 0.392, 0.367], 50: [0.222, 0.307, 0.387, 0.375], 60: [0.24, 0.319, 0.388, 0.389], 70: [0.265, 0.335, 0.394, 0.411], 80: [0.284, 0.351, 0.393, 0.424], 90: [0.324, 0.368, 0.402, 0.408], 99: [0.332, 0.376, 0.389, 0.386]}
 
 SEED_MARKERS = {0: "o", 1: "s", 2: "^"}
@@ -139,8 +142,15 @@ def truncation(path: str) -> None:
 def prompt_switch(path: str) -> None:
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
   f, follows_a, follows_b = zip(*PROMPT_SWITCH)
-  axes[0].plot(f, follows_a, "-o", color="tab:blue", label="image follows A (the early prompt)")
-  axes[0].plot(f, follows_b, "-o", color="tab:orange", label="image follows B (the late prompt)")
+  axes[0].plot(f, follows_a, "-o", color="tab:blue",
+               label="image follows A (the early prompt), quickstart run")
+  axes[0].plot(f, follows_b, "-o", color="tab:orange",
+               label="image follows B (the late prompt), quickstart run")
+  f, follows_a, follows_b = zip(*PROMPT_SWITCH_LONG_DATA)
+  axes[0].plot(f, follows_a, "--s", color="tab:blue", alpha=0.5, markersize=4,
+               label="follows A, a base on the longer preset's data")
+  axes[0].plot(f, follows_b, "--s", color="tab:orange", alpha=0.5, markersize=4,
+               label="follows B, a base on the longer preset's data")
   axes[0].set_xlabel("fraction of the sampling steps conditioned on A (the first ones)")
   axes[0].set_ylabel("fraction of 150 images")
   axes[0].set_ylim(0, 1)
