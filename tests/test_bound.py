@@ -118,5 +118,7 @@ def test_the_command_reports_the_ranges_and_bound_asked_for(tiny_run, tmp_path, 
   assert other_seed["per_t"]["50"][0] != pytest.approx(first["per_t"]["50"][0])
   with pytest.raises(SystemExit, match="--ranges '0,7'"):
     report("--ranges", "0,7")
+  with pytest.raises(SystemExit, match="No denoiser checkpoint"):
+    evaluate.main(["bound", "--workdir", str(tmp_path / "none"), "--out", str(tmp_path)])
   with pytest.raises(SystemExit, match="--num-examples must be >= 2"):
     evaluate.main(["bound", "--workdir", tiny_run, "--out", str(tmp_path), "--num-examples", "1"])

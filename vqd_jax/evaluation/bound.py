@@ -17,6 +17,8 @@ experts' intervals, or boundaries given) are summarised by the mean L_t over the
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -143,16 +145,14 @@ def range_boundaries(pipe, given: str | None) -> list[int]:
 
 def run(args) -> int:
   """The subcommand (arguments from ``vqd_jax.evaluate.build_parser``)."""
-  import json  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
   from vqd_jax.evaluation import heldout  # pylint: disable=import-outside-toplevel
   from vqd_jax.inference import VQDiffusionPipeline  # pylint: disable=import-outside-toplevel
-  for name, value, low in (("--num-examples", args.num_examples, 2), ("--t-stride", args.t_stride, 1),
-                           ("--batch-size", args.batch_size, 1)):
+  for name, value, low in (("--num-examples", args.num_examples, 2),
+                           ("--t-stride", args.t_stride, 1), ("--batch-size", args.batch_size, 1)):
     if value < low:
       raise SystemExit(f"evaluate bound: {name} must be >= {low}, got {value}.")
-  pipe = VQDiffusionPipeline.from_run(args.workdir)
   try:
+    pipe = VQDiffusionPipeline.from_run(args.workdir)
     bounds = range_boundaries(pipe, args.ranges)
     examples = heldout.run_examples(args.workdir, args.num_examples)
   except (FileNotFoundError, ValueError) as e:
@@ -164,8 +164,8 @@ def run(args) -> int:
             "examples": examples.rule, "t_stride": args.t_stride, "seed": args.seed,
             **summarize(terms, prior, timesteps, pipe.num_timesteps, bounds)}
   for name, (mean, se) in report["ranges"].items():
-    print(f"t {name}: mean L_t {mean:.4f} ± {se:.4f} nats/token")
-  print(f"prior L_T {report['prior'][0]:.4f} nats/token")
+    print(f"t {name}: mean L_t {mean:.5f} ± {se:.5f} nats/token")
+  print(f"prior L_T {report['prior'][0]:.5f} nats/token")
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "bound.json")
   with open(path, "w", encoding="utf-8") as f:
