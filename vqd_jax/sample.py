@@ -9,7 +9,7 @@ r"""Generates images from text prompts with a trained vqd_jax run or a pretraine
 
   # Paint-with-words: put the phrase where the mask is white (any size; grey = partial).
   python -m vqd_jax.sample --workdir runs/quickstart/diffusion --prompt "a large red circle" \
-      --paint "large red circle=top_left.png" --paint-weight 0.5 --out samples/
+      --paint "a large red circle=top_left.png" --paint-weight 0.5 --out samples/
 
   # An autoregressive run (configs/ar.py), and CTF's two stages (configs/ctf.py):
   python -m vqd_jax.sample --workdir runs/ar --prompt "a large red circle" --temperature 1 \
@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--paint", action="append", default=[], metavar="PHRASE=MASK.png",
                  help="Paint-with-words: draw PHRASE (words of every prompt) where MASK.png is "
                       "white (any size, resized by area to the token grid; grey = partial "
-                      "strength; transparent = black). Repeat for several phrases.")
+                      "strength; transparent = black). Paint the whole noun phrase, article "
+                      "included ('a large red circle'): an unpainted word still carries the "
+                      "object to the rest of the image. Repeat for several phrases.")
   p.add_argument("--paint-weight", type=float, default=0.5,
                  help="Strength w of --paint: w x f(t) x the largest cross-attention logit is "
                       "added to the painted tokens' logits, f(t) = log(1 + odds that a token is "

@@ -34,7 +34,8 @@ _PAIRS = {
 
 @dataclasses.dataclass(frozen=True)
 class PaintTask:
-  """``prompt`` with ``boxes``: phrase ("large red circle") -> box; ``colors``: phrase -> colour."""
+  """``prompt`` with ``boxes``: phrase ("a large red circle") -> box; ``colors``: phrase ->
+  colour."""
   prompt: str
   boxes: dict[str, Box]
   colors: dict[str, str]
@@ -56,8 +57,9 @@ def box_mask(box: Box, resolution: int) -> np.ndarray:
 def make_task(prompt: str, rng: np.random.Generator, resolution: int) -> PaintTask:
   """The boxes of the module docstring for a shapes ``prompt``."""
   parsed = shapes_eval.parse_caption(prompt)
-  # Every word of the object (size too): painting "red circle" alone moved fewer objects.
-  phrases = [f"{o.size} {o.color} {o.shape}" for o in parsed.objects]
+  # The whole noun phrase, article too: the text encoder spreads the object into "a", and
+  # leaving it unpainted let positions outside the box read the object there (docs/experiments.md).
+  phrases = [f"a {o.size} {o.color} {o.shape}" for o in parsed.objects]
   colors = {p: o.color for p, o in zip(phrases, parsed.objects)}
   if len(phrases) == 1:
     cells = [tuple(int(v) for v in rng.integers(0, 2, size=2))]

@@ -8,9 +8,11 @@ rest of the image, which moved more objects into their boxes at a smaller cost i
 (docs/experiments.md, 2026-12-05). The sampler adds
 ``weight · f(t) · max(QKᵀ/√d) · map`` to the cross-attention logits of every block, in the
 conditional rows only (``vqd_jax.inference.generate.paint_bias``; the null rows of guidance get
-none), so it costs no extra forward pass.
+none), so it costs no extra forward pass. Paint a phrase as the prompt spells it, article
+included: the text encoder spreads the object into every word, and positions pushed off
+"large red circle" read it from an unpainted "a" (docs/experiments.md, 2026-12-06).
 
-  weights = paint_weights(tokenizer, prompts, {"large red circle": "mask.png"}, 8, 8, weight=0.5)
+  weights = paint_weights(tokenizer, prompts, {"a large red circle": "mask.png"}, 8, 8, weight=0.5)
   cond = cond.replace(paint=jnp.asarray(weights))              # [B, N, L]
 """
 
