@@ -17,10 +17,7 @@ HALF = R // 2
 
 
 def _tokenizer():
-  captions = [f"a {s} {c} {sh}" for s in shapes_lib.SIZES for c in shapes_lib.COLORS
-              for sh in shapes_lib.SHAPES]
-  return WordTokenizer.fit(captions + ["to the left of to the right of above below"],
-                           max_length=16)
+  return WordTokenizer.fit(list(shapes_lib.vocabulary_captions()), max_length=16)
 
 
 def test_one_object_gets_its_whole_noun_phrase_in_a_quadrant():
