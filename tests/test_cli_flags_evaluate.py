@@ -292,8 +292,8 @@ def test_all_passes_ar_and_ctf_sampling_flags_to_the_sampler(tiny_run, tmp_path,
 # ------------------------------------------------------------------------------------ paint
 
 @covers("evaluate paint --workdir", "evaluate paint --out", "evaluate paint --weights",
-        "evaluate paint --outside", "evaluate paint --num-prompts", "evaluate paint --batch-size",
-        "evaluate paint --seed")
+        "evaluate paint --outside", "evaluate paint --unpainted-guidance",
+        "evaluate paint --num-prompts", "evaluate paint --batch-size", "evaluate paint --seed")
 def test_paint_samples_each_weight_with_the_seeded_boxes(tiny_run, tmp_path, monkeypatch):
   from vqd_jax.inference import VQDiffusionPipeline  # pylint: disable=import-outside-toplevel
   calls, generate = [], VQDiffusionPipeline.generate
@@ -305,16 +305,16 @@ def test_paint_samples_each_weight_with_the_seeded_boxes(tiny_run, tmp_path, mon
   out = tmp_path / "paint"
   assert evaluate.main(["paint", "--workdir", tiny_run, "--out", str(out), "--num-prompts", "3",
                         "--batch-size", "2", "--weights", "2,1", "--outside", "0",
-                        "--seed", "4"]) == 0
+                        "--unpainted-guidance", "1.5", "--seed", "4"]) == 0
   report = json.loads((out / "paint_report.json").read_text())
   assert (out / "paint_grid.png").is_file()
   assert report["workdir"] == tiny_run and report["checkpoint_step"] == 4
   assert report["num_prompts"] == 3 and list(report["weights"]) == ["0.0", "1.0", "2.0"]
-  assert report["paint_outside"] == 0.0
+  assert report["paint_outside"] == 0.0 and report["unpainted_guidance"] == 1.5
   # Per weight two calls of 2 prompts (the last padded), keys folded from the seed.
   prompts = shapes_eval.heldout_prompts(3, SIDE)
   assert [c["paint_weight"] for c in calls] == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]
-  assert all(c["paint_outside"] == 0.0 for c in calls)
+  assert all(c["paint_outside"] == 0.0 and c["unpainted_guidance"] == 1.5 for c in calls)
   assert [c["prompts"] for c in calls] == [prompts[:2], [prompts[2]] * 2] * 3
   for call, start in zip(calls, [0, 2] * 3):
     want = jax.random.key_data(jax.random.fold_in(jax.random.key(4), start))

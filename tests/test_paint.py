@@ -1,6 +1,7 @@
 """Paint-with-words: the biased cross-attention against a float64 numpy reference, the bias's time
 factor in closed form, phrase -> token columns for the word tokenizer and CLIP's BPE, masks onto
-the token grid, the guidance rows left unpainted, and the pipeline and ``--paint`` end to end."""
+the token grid, the guidance rows left unpainted, per-token guidance scales against the closed form
+``lu + g·(lc - lu)``, and the pipeline and ``--paint`` end to end."""
 
 import json
 import os
@@ -15,7 +16,7 @@ from cli_coverage import covers
 from vqd_jax import diffusion, sample
 from vqd_jax.diffusion import schedules
 from vqd_jax.inference import VQDiffusionPipeline, paint as paint_lib
-from vqd_jax.inference.generate import TokenGenerator, paint_bias
+from vqd_jax.inference.generate import TokenGenerator, paint_bias, per_token_guidance
 from vqd_jax.layers import dot_product_attention
 from vqd_jax.text import Conditioning, WordTokenizer, stack_rows
 from vqd_jax.transformer import Text2ImageTransformer
@@ -165,7 +166,58 @@ def test_paint_weights_layout_and_errors():
     paint_lib.paint_weights(tok, ["a red circle"], {"red": "missing.png"}, 2, 2)
 
 
+def test_guidance_scales_follow_the_strongest_mask():
+  left = np.zeros((4, 4), np.float32)
+  left[:, :2] = 1.0
+  grey = np.full((4, 4), 0.5, np.float32)
+  grey[2:, 2:] = 0.0
+  got = paint_lib.guidance_scales([{"red": left, "circle": grey}, {}], 2, 2, 2, 3.0, 1.0)
+  # Token grid cells (raster order): left column white, top-right grey 0.5, bottom-right unpainted.
+  np.testing.assert_allclose(got, [[3.0, 2.0, 3.0, 1.0], [1.0] * 4])
+  # Scale at the sampler's own guidance everywhere: eDiff-I's uniform guidance.
+  np.testing.assert_allclose(paint_lib.guidance_scales({"red": left}, 1, 2, 2, 3.0, 3.0), 3.0)
+  with pytest.raises(ValueError, match="unpainted_guidance must be a finite number"):
+    paint_lib.guidance_scales({"red": left}, 1, 2, 2, 3.0, float("nan"))
+  with pytest.raises(ValueError, match="is empty on the 2x2 token grid"):
+    paint_lib.guidance_scales({"red": np.zeros((4, 4))}, 1, 2, 2, 3.0)
+
+
 # ------------------------------------------------------------------- the model and the sampler
+
+
+def test_per_token_guidance_is_the_closed_form_per_token():
+  rng = np.random.default_rng(2)
+  logits = rng.standard_normal((2, 2, 5, 7))
+  lu, lc = (x - np.log(np.exp(x).sum(-1, keepdims=True)) for x in logits)  # [B, N, K] each
+  scales = rng.uniform(0.0, 4.0, (2, 5))
+  rows = jnp.asarray(np.concatenate([lu, lc]), jnp.float32)
+  got = diffusion.prepare_log_x0(per_token_guidance(rows, jnp.asarray(scales, jnp.float32), 3.0),
+                                 guidance_scale=3.0)
+  guided = lu + scales[..., None] * (lc - lu)
+  want = guided - np.log(np.exp(guided).sum(-1, keepdims=True))
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_guidance_of_one_at_every_token_is_the_unguided_sampler():
+  model = Text2ImageTransformer(num_classes=8, height=4, width=4, num_layers=1, num_heads=2,
+                                head_dim=8, cross_attention_dim=8, num_embeds_ada_norm=10)
+  rng = np.random.default_rng(3)
+  x = jnp.zeros((3, 16), jnp.int32)
+  states = jnp.asarray(rng.standard_normal((3, 5, 8)), jnp.float32)
+  params = model.init(jax.random.key(0), x, jnp.zeros(3, jnp.int32), states)["params"]
+  gen = TokenGenerator(model, diffusion.MaskAndReplace(8, 10))
+  cond, null = Conditioning(states), Conditioning(jnp.zeros_like(states))
+  key, steps = jax.random.key(5), 10
+  plain = gen.generate_tokens(params, cond, key, diffusion.SamplerConfig(num_steps=steps))
+  # A scale large enough that guidance visibly moves this random model's draws.
+  guided = diffusion.SamplerConfig(num_steps=steps, guidance_scale=1000.0)
+  ones = gen.generate_tokens(params, cond, key, guided, null=null,
+                             token_guidance=jnp.ones((3, 16)))
+  np.testing.assert_array_equal(ones, plain)
+  assert np.any(np.asarray(gen.generate_tokens(params, cond, key, guided, null=null)) != plain)
+  with pytest.raises(ValueError, match="token_guidance needs guidance"):
+    gen.generate_tokens(params, cond, key, diffusion.SamplerConfig(num_steps=steps),
+                        token_guidance=jnp.ones((3, 16)))
 
 
 def test_guidance_leaves_the_null_rows_unpainted():
@@ -216,7 +268,36 @@ def test_pipeline_paint(tiny_run):
     pipe(["a large red circle"], paint={"blue square": box}, **kw)
 
 
-@covers("sample --paint", "sample --paint-weight", "sample --paint-outside")
+def test_pipeline_guides_only_the_painted_tokens(tiny_run, monkeypatch):
+  pipe = VQDiffusionPipeline.from_run(tiny_run)
+  h, w = pipe.image_size
+  box = np.zeros((h, w), np.uint8)
+  box[: h // 2, : w // 2] = 255
+  seen, generate = [], TokenGenerator.generate_tokens
+
+  def spy(self, *args, token_guidance=None, **kw):
+    seen.append(None)
+    if token_guidance is not None:
+      jax.debug.callback(lambda v: seen.__setitem__(-1, np.asarray(v)), token_guidance)
+    return generate(self, *args, token_guidance=token_guidance, **kw)
+  monkeypatch.setattr(TokenGenerator, "generate_tokens", spy)
+  kw = dict(num_inference_steps=2, guidance_scale=2.0, paint={"red circle": box})
+  pipe.generate_tokens(["a large red circle"], **kw)
+  grid = np.zeros(pipe.token_grid)
+  grid[: grid.shape[0] // 2, : grid.shape[1] // 2] = 1.0
+  np.testing.assert_array_equal(seen[-1], [1.0 + grid.ravel()])  # 2 inside, 1 outside
+  pipe.generate_tokens(["a large red circle"], unpainted_guidance=1.5, **kw)
+  np.testing.assert_array_equal(seen[-1], [1.5 + 0.5 * grid.ravel()])
+  # eDiff-I's uniform guidance, paint weight 0 and no guidance all leave the sampler as it was.
+  for extra in (dict(unpainted_guidance=2.0), dict(paint_weight=0.0)):
+    pipe.generate_tokens(["a large red circle"], **kw, **extra)
+    assert seen[-1] is None
+  pipe.generate_tokens(["a large red circle"], **dict(kw, guidance_scale=1.0))
+  assert seen[-1] is None
+
+
+@covers("sample --paint", "sample --paint-weight", "sample --paint-outside",
+        "sample --unpainted-guidance")
 def test_sample_command_paints_and_explains_bad_flags(tiny_run, tmp_path, monkeypatch):
   mask = tmp_path / "left.png"
   Image.fromarray(np.tile(np.array([255, 255, 0, 0], np.uint8), (4, 1))).save(mask)
@@ -229,16 +310,17 @@ def test_sample_command_paints_and_explains_bad_flags(tiny_run, tmp_path, monkey
   monkeypatch.setattr(VQDiffusionPipeline, "generate",
                       lambda self, *a, **kw: seen.append(kw) or generate(self, *a, **kw))
   assert sample.main(args + ["--paint", f"red circle={mask}", "--paint-weight", "2",
-                             "--paint-outside", "0.5"]) == 0
+                             "--paint-outside", "0.5", "--unpainted-guidance", "1.5"]) == 0
   (kwargs,) = seen  # one call: both samples in one batch
   assert set(kwargs["paint"]) == {"red circle"}
   np.testing.assert_array_equal(kwargs["paint"]["red circle"], np.tile([1.0, 1.0, 0, 0], (4, 1)))
   assert (kwargs["paint_weight"], kwargs["paint_outside"]) == (2.0, 0.5)
+  assert kwargs["unpainted_guidance"] == 1.5
   monkeypatch.undo()
   with open(os.path.join(out, "samples.jsonl"), encoding="utf-8") as f:
     records = [json.loads(line) for line in f]
   assert records[0]["paint"] == {"red circle": str(mask)} and records[0]["paint_weight"] == 2.0
-  assert records[0]["paint_outside"] == 0.5
+  assert records[0]["paint_outside"] == 0.5 and records[0]["unpainted_guidance"] == 1.5
   empty = tmp_path / "empty.png"
   Image.fromarray(np.zeros((4, 4), np.uint8)).save(empty)
   for flags, message in [
@@ -247,6 +329,7 @@ def test_sample_command_paints_and_explains_bad_flags(tiny_run, tmp_path, monkey
       (["--paint", f"blue square={mask}"], "does not occur in the prompt"),
       (["--paint", f"red={empty}"], "is empty"),
       (["--paint", f"red={mask}", "--paint-weight", "-1"], "paint_weight must be"),
-      (["--paint", f"red={mask}", "--paint-outside", "nan"], "paint_outside must be")]:
+      (["--paint", f"red={mask}", "--paint-outside", "nan"], "paint_outside must be"),
+      (["--paint", f"red={mask}", "--unpainted-guidance", "inf"], "unpainted_guidance must be")]:
     with pytest.raises(SystemExit, match=message):
       sample.main(args + flags)

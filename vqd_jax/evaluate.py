@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
   paint.add_argument("--outside", type=float, default=1.0,
                      help="paint_outside of every painted sample (0: eDiff-I's rule, the phrase "
                           "drawn into its box only; default 1: also pushed out of the rest).")
+  paint.add_argument("--unpainted-guidance", type=float, default=1.0,
+                     help="Guidance scale outside the painted boxes (default 1: none there; the "
+                          "run's guidance scale: eDiff-I's uniform guidance).")
   paint.add_argument("--num-prompts", type=int, default=200,
                      help="Held-out prompts, each sampled once per weight (default 200).")
   paint.add_argument("--batch-size", type=int, default=50, help="Images per sampling call.")

@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="The same bias times minus this on a phrase's tokens outside its mask "
                       "(default 1: pushed away from unpainted regions; 0: eDiff-I's rule, "
                       "inside only).")
+  p.add_argument("--unpainted-guidance", type=float, default=1.0,
+                 help="With --paint: the guidance scale where no mask is painted (default 1: no "
+                      "guidance there, which keeps guidance from drawing the prompt's objects "
+                      "outside their masks; the --guidance value: eDiff-I's uniform guidance).")
   ar = p.add_argument_group("AR runs (configs/ar.py)")
   ar.add_argument("--temperature", type=float, default=None,
                   help="Divide the logits by this before drawing each token (default: the run's "
@@ -283,6 +287,7 @@ def load_diffusion_call(args, prompts: Sequence[str]):
   """``(pipeline, settings, record fields, generate keyword arguments)`` of a diffusion model,
   every input checked before sampling starts."""
   from vqd_jax import images as images_lib  # pylint: disable=import-outside-toplevel
+  from vqd_jax.inference import paint as paint_lib  # pylint: disable=import-outside-toplevel
   if _flags_set(args, AR_ONLY):
     raise SystemExit(f"{', '.join(_flags_set(args, AR_ONLY))} apply to AR runs only; "
                      f"{args.workdir or args.pretrained} is a diffusion model.")
@@ -302,12 +307,15 @@ def load_diffusion_call(args, prompts: Sequence[str]):
   if files["paint"]:
     try:  # every phrase, mask and the weight checked before any sampling
       pipe.paint_weights(prompts, files["paint"], args.paint_weight, args.paint_outside)
+      paint_lib.guidance_scales(files["paint"], len(prompts), *pipe.token_grid,
+                                settings.guidance_scale, args.unpainted_guidance)
     except ValueError as e:
-      raise SystemExit(f"{e} (flags: --paint, --paint-weight, --paint-outside)") from e
-    extra = dict(extra, paint=files["paint_files"], paint_weight=args.paint_weight,
-                 paint_outside=args.paint_outside)
-    kwargs.update(paint=files["paint"], paint_weight=args.paint_weight,
-                  paint_outside=args.paint_outside)
+      raise SystemExit(f"{e} (flags: --paint, --paint-weight, --paint-outside, "
+                       "--unpainted-guidance)") from e
+    options = dict(paint_weight=args.paint_weight, paint_outside=args.paint_outside,
+                   unpainted_guidance=args.unpainted_guidance)
+    extra = dict(extra, paint=files["paint_files"], **options)
+    kwargs.update(paint=files["paint"], **options)
   return pipe, settings, extra, kwargs
 
 

@@ -285,6 +285,8 @@ def image_cases(inputs: Inputs) -> list[Case]:
       s("paint/unknown_word", "--paint", f"zyzzyva={img['png']}"),
       s("paint/weight_nan", "--paint", f"{PHRASE}={img['png']}", "--paint-weight", "nan"),
       s("paint/weight_negative", "--paint", f"{PHRASE}={img['png']}", "--paint-weight", "-1"),
+      s("paint/unpainted_guidance_inf", "--paint", f"{PHRASE}={img['png']}",
+        "--unpainted-guidance", "inf"),
       s("reference_image/model_without_clip_image", "--image", img["png"]),
       s("reference_image/image_only_without_image", "--image-only"),
   ]

@@ -26,13 +26,14 @@ def run_settings(pipe) -> Any:
                                      d.get("purity_weight"))
 
 
-def _sample(pipe, tasks, weight, outside, settings, seed, batch_size, resolution) -> np.ndarray:
+def _sample(pipe, tasks, weight, args, settings, resolution) -> np.ndarray:
   def chunk(indices, key):
     paint = [{p: paint_eval.box_mask(b, resolution) for p, b in tasks[i].boxes.items()}
              for i in indices]
     return pipe.generate(pipe.params, [tasks[i].prompt for i in indices], key, settings,
-                         paint=paint, paint_weight=weight, paint_outside=outside)
-  return sample_in_chunks(chunk, len(tasks), batch_size, seed)
+                         paint=paint, paint_weight=weight, paint_outside=args.outside,
+                         unpainted_guidance=args.unpainted_guidance)
+  return sample_in_chunks(chunk, len(tasks), args.batch_size, args.seed)
 
 
 def _summary(tasks, images) -> dict[str, Any]:
@@ -77,11 +78,11 @@ def run(args) -> int:
            for p in shapes_eval.heldout_prompts(args.num_prompts, resolution)]
   report = {"workdir": args.workdir, "checkpoint_step": pipe.checkpoint_step,
             "num_prompts": len(tasks), "settings": pipe.sampling_defaults,
-            "paint_outside": args.outside, "weights": {}}
+            "paint_outside": args.outside, "unpainted_guidance": args.unpainted_guidance,
+            "weights": {}}
   results = {}
   for weight in [0.0] + weights:
-    results[weight] = _sample(pipe, tasks, weight, args.outside, settings, args.seed,
-                              args.batch_size, resolution)
+    results[weight] = _sample(pipe, tasks, weight, args, settings, resolution)
     report["weights"][str(weight)] = row = _summary(tasks, results[weight])
     print(f"weight {weight:g}: " + "; ".join(
         f"{k} inside {v['inside'][0]:.3f} ± {v['inside'][1]:.3f}, shapes score "

@@ -45,6 +45,19 @@ def paint_bias(process: diffusion.MaskAndReplace, paint: jax.Array, t: jax.Array
   return (paint * odds_term[:, None, None])[:, None]
 
 
+def per_token_guidance(rows: jax.Array, scales: jax.Array, guidance_scale: float) -> jax.Array:
+  """Guidance ``[null, cond]`` rows ``[2B, N, K]`` rewritten so that the sampler's guidance at
+  ``guidance_scale`` s yields ``lu + g·(lc - lu)`` with a scale g of ``scales`` ``[B, N]`` per token.
+
+  Only the null rows move, to ``lc - (g - 1)/(s - 1)·(lc - lu)``: then ``lu' + s·(lc - lu')`` is
+  exactly ``lu + g·(lc - lu)``, so the diffusion core keeps its one scalar scale.
+  """
+  half = rows.shape[0] // 2
+  uncond, cond = rows[:half], rows[half:]
+  ratio = ((scales - 1.0) / (guidance_scale - 1.0))[..., None].astype(rows.dtype)
+  return jnp.concatenate([cond - ratio * (cond - uncond), cond])
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenGenerator:
   """A denoiser and its forward process, with how its calls are laid out on the host.
@@ -117,7 +130,8 @@ class TokenGenerator:
                       init_tokens: jax.Array | None = None,
                       inpaint_mask: jax.Array | None = None,
                       switch_to: Conditioning | None = None,
-                      switch_below: jax.Array | int = 0) -> jax.Array:
+                      switch_below: jax.Array | int = 0,
+                      token_guidance: jax.Array | None = None) -> jax.Array:
     """Codes ``[B, N]`` int32 for ``conditioning`` rows ``[B]`` (call inside ``jax.jit``).
 
     Args:
@@ -132,10 +146,14 @@ class TokenGenerator:
       switch_to, switch_below: steps with t < ``switch_below`` (a scalar, may be traced) are
         conditioned on ``switch_to`` (same shapes as ``conditioning``) instead: the prompt-switch
         experiment of ``python -m vqd_jax.evaluate prompt-switch``.
+      token_guidance: ``[B, N]`` guidance scales per token in place of
+        ``settings.guidance_scale`` (paint-with-words: unpainted positions get their own), or None.
     """
     guided = diffusion.uses_guidance(settings.guidance_scale)
     if guided and null is None:
       raise ValueError("guidance_scale != 1 needs the null conditioning (null=...).")
+    if token_guidance is not None and not guided:
+      raise ValueError("token_guidance needs guidance: set guidance_scale != 1.")
     # The sampler's contract: with guidance, rows [:B] are unconditional.
     rows = lambda c: stack_rows(null, c) if guided else c
     cond = rows(conditioning)
@@ -148,7 +166,10 @@ class TokenGenerator:
       c = cond
       if later is not None:
         c = jax.tree.map(lambda a, b: jnp.where(jnp.max(t) < switch_below, b, a), cond, later)
-      return denoise(params, x_t, t, c)
+      out = denoise(params, x_t, t, c)
+      if token_guidance is None:
+        return out
+      return per_token_guidance(out, token_guidance, settings.guidance_scale)
 
     return diffusion.sample(step, key, self.process,
                             batch_size=conditioning.batch_size, num_tokens=self.num_tokens,

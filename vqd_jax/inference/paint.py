@@ -12,6 +12,11 @@ none), so it costs no extra forward pass. Paint a phrase as the prompt spells it
 included: the text encoder spreads the object into every word, and positions pushed off
 "large red circle" read it from an unpainted "a" (docs/experiments.md, 2026-12-06).
 
+Classifier-free guidance runs at the sampler's scale where a mask is painted and at
+``unpainted_guidance`` (default 1: none) elsewhere (``guidance_scales``): guidance multiplies the
+prompt's objects wherever some of their probability is left, and outside the boxes that pulled
+objects out of place (docs/experiments.md, 2026-12-06).
+
   weights = paint_weights(tokenizer, prompts, {"a large red circle": "mask.png"}, 8, 8, weight=0.5)
   cond = cond.replace(paint=jnp.asarray(weights))              # [B, N, L]
 """
@@ -31,6 +36,8 @@ from vqd_jax import images as images_lib
 DEFAULT_PAINT_WEIGHT = 0.5
 # The phrase's pull away from unpainted positions, relative to its pull into the mask (0: eDiff-I).
 DEFAULT_PAINT_OUTSIDE = 1.0
+# Guidance scale at positions no mask covers (1: no guidance there; the sampler's scale: eDiff-I).
+DEFAULT_UNPAINTED_GUIDANCE = 1.0
 
 # A phrase -> mask mapping; a mask is a PNG path, a PIL image or an array (white = painted).
 Paint = Mapping[str, Any]
@@ -130,17 +137,44 @@ def paint_weights(tokenizer: Any, prompts: Sequence[str], paint: PaintSpec, heig
     raise ValueError(f"paint_weight must be a finite number >= 0, got {weight}.")
   if not np.isfinite(outside) or outside < 0:
     raise ValueError(f"paint_outside must be a finite number >= 0, got {outside}.")
-  per_prompt = [paint] * len(prompts) if isinstance(paint, Mapping) else list(paint)
-  if len(per_prompt) != len(prompts):
-    raise ValueError(f"paint needs one {{phrase: mask}} for all prompts or one per prompt: got "
-                     f"{len(per_prompt)} for {len(prompts)} prompts.")
   out = np.zeros((len(prompts), height * width, tokenizer.max_length), np.float32)
-  for row, (prompt, phrases) in enumerate(zip(prompts, per_prompt)):
+  for row, (prompt, grids) in enumerate(zip(prompts, _grids(paint, len(prompts), height, width))):
+    for phrase, grid in grids.items():
+      column = grid - outside * (1.0 - grid)
+      out[row][:, phrase_positions(tokenizer, prompt, phrase)] += column[:, None]
+  return weight * out
+
+
+def guidance_scales(paint: PaintSpec, batch: int, height: int, width: int, guidance_scale: float,
+                    unpainted_guidance: float = DEFAULT_UNPAINTED_GUIDANCE) -> np.ndarray:
+  """``[B, N]`` guidance scale per token: ``guidance_scale`` where a mask is painted white,
+  ``unpainted_guidance`` where none is, linear in the strongest mask's strength in between.
+
+  Raises:
+    ValueError: a scale that is not a finite number, or a mask as in ``paint_weights``.
+  """
+  if not np.isfinite(unpainted_guidance):
+    raise ValueError(f"unpainted_guidance must be a finite number, got {unpainted_guidance}.")
+  out = np.zeros((batch, height * width), np.float32)
+  for row, grids in enumerate(_grids(paint, batch, height, width)):
+    strength = np.max(list(grids.values()), axis=0) if grids else np.zeros(height * width)
+    out[row] = unpainted_guidance + (guidance_scale - unpainted_guidance) * strength
+  return out
+
+
+def _grids(paint: PaintSpec, batch: int, height: int, width: int) -> list[dict[str, np.ndarray]]:
+  """Per prompt, phrase -> its mask on the token grid ``[N]`` (checked non-empty)."""
+  per_prompt = [paint] * batch if isinstance(paint, Mapping) else list(paint)
+  if len(per_prompt) != batch:
+    raise ValueError(f"paint needs one {{phrase: mask}} for all prompts or one per prompt: got "
+                     f"{len(per_prompt)} for {batch} prompts.")
+  out = []
+  for phrases in per_prompt:
+    out.append({})
     for phrase, mask in phrases.items():
       grid = mask_to_grid(load_mask(mask, phrase), height, width)
       if not grid.any():
         raise ValueError(f"The paint mask of {phrase!r} is empty on the {height}x{width} token "
                          "grid; paint the region white (grey for partial strength).")
-      column = grid - outside * (1.0 - grid)
-      out[row][:, phrase_positions(tokenizer, prompt, phrase)] += column[:, None]
-  return weight * out
+      out[-1][phrase] = grid
+  return out

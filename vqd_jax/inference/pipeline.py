@@ -243,8 +243,8 @@ class VQDiffusionPipeline:
 
   # -- sampling -------------------------------------------------------------------------------------
 
-  def _generate_impl(self, params, ids, mask, key, init_tokens, regenerate, paint, embedded, *,
-                     settings: diffusion.SamplerConfig, use_text: bool = True):
+  def _generate_impl(self, params, ids, mask, key, init_tokens, regenerate, paint, token_guidance,
+                     embedded, *, settings: diffusion.SamplerConfig, use_text: bool = True):
     """``(tokens [B, N], uint8 images [B, H, W, 3])``: text encoding, sampling and decoding."""
     cond = self.conditioner.encode(params, ids, mask, embedded, use_text=use_text)
     if paint is not None and paint.shape[-1] < cond.states.shape[1]:  # no paint on the sources
@@ -254,7 +254,8 @@ class VQDiffusionPipeline:
     if diffusion.uses_guidance(settings.guidance_scale):
       null = self.conditioner.null(params, ids.shape[0])
     tokens = self.generator.generate_tokens(params["transformer"], cond, key, settings, null=null,
-                                            init_tokens=init_tokens, inpaint_mask=regenerate)
+                                            init_tokens=init_tokens, inpaint_mask=regenerate,
+                                            token_guidance=token_guidance)
     images = self.decode_tokens(params, tokens)
     return tokens, jnp.round(images * 255.0).astype(jnp.uint8)
 
@@ -262,18 +263,19 @@ class VQDiffusionPipeline:
                settings: diffusion.SamplerConfig, init_image: Any = None,
                inpaint_mask: Any = None, paint: paint_lib.PaintSpec | None = None,
                paint_weight: float = paint_lib.DEFAULT_PAINT_WEIGHT,
-               paint_outside: float = paint_lib.DEFAULT_PAINT_OUTSIDE, image: Any = None,
-               use_text: bool = True) -> np.ndarray:
+               paint_outside: float = paint_lib.DEFAULT_PAINT_OUTSIDE,
+               unpainted_guidance: float = paint_lib.DEFAULT_UNPAINTED_GUIDANCE,
+               image: Any = None, use_text: bool = True) -> np.ndarray:
     """uint8 images ``[B, H, W, 3]`` for ``prompts`` with explicit params, key and settings.
 
     ``init_image`` (uint8 ``[H, W, 3]`` or ``[B, H, W, 3]``) keeps the image's tokens outside
     ``inpaint_mask`` (True = regenerate; default everything) and regenerates the rest from
-    ``settings.start_t``. ``paint``, ``paint_weight``, ``paint_outside``, ``image`` and
-    ``use_text`` as in ``__call__``.
+    ``settings.start_t``. ``paint``, ``paint_weight``, ``paint_outside``,
+    ``unpainted_guidance``, ``image`` and ``use_text`` as in ``__call__``.
     """
     return np.asarray(self._run(params, prompts, key, settings, init_image, inpaint_mask,
-                                paint, paint_weight, paint_outside, image=image,
-                                use_text=use_text)[1])
+                                paint, paint_weight, paint_outside, unpainted_guidance,
+                                image=image, use_text=use_text)[1])
 
   def paint_weights(self, prompts: str | Sequence[str], paint: paint_lib.PaintSpec,
                     weight: float = paint_lib.DEFAULT_PAINT_WEIGHT,
@@ -289,7 +291,8 @@ class VQDiffusionPipeline:
 
   def _run(self, params, prompts, key, settings, init_image, inpaint_mask, paint=None,
            paint_weight=paint_lib.DEFAULT_PAINT_WEIGHT,
-           paint_outside=paint_lib.DEFAULT_PAINT_OUTSIDE, image=None, use_text=True):
+           paint_outside=paint_lib.DEFAULT_PAINT_OUTSIDE,
+           unpainted_guidance=paint_lib.DEFAULT_UNPAINTED_GUIDANCE, image=None, use_text=True):
     ids, mask = self.tokenize(prompts)
     batch = ids.shape[0]
     if batch == 0:
@@ -305,11 +308,18 @@ class VQDiffusionPipeline:
         regenerate = jnp.asarray(self.token_mask(inpaint_mask, batch))
     elif inpaint_mask is not None:
       raise ValueError("inpaint_mask needs init_image: the image whose unmasked part is kept.")
-    weights = None if not paint else jnp.asarray(
-        self.paint_weights(prompts, paint, paint_weight, paint_outside))
+    weights = scales = None
+    if paint:
+      weights = jnp.asarray(self.paint_weights(prompts, paint, paint_weight, paint_outside))
+      scales = paint_lib.guidance_scales(paint, batch, *self.token_grid, settings.guidance_scale,
+                                         unpainted_guidance)
+      # Weight 0 is no paint at all, guidance included.
+      changed = np.any(scales != settings.guidance_scale) and paint_weight > 0
+      scales = jnp.asarray(scales) if changed and diffusion.uses_guidance(
+          settings.guidance_scale) else None
     embedded = self.embed(prompts if use_text else None, image, batch)
     return self._program(params, jnp.asarray(ids), jnp.asarray(mask), key, init_tokens, regenerate,
-                         weights, embedded, settings=settings, use_text=use_text)
+                         weights, scales, embedded, settings=settings, use_text=use_text)
 
   def embed(self, prompts: Sequence[str] | None, image: Any, batch: int) -> dict[str, np.ndarray]:
     """The embedding sources' entries for ``prompts`` and reference ``image`` (uint8
@@ -330,13 +340,15 @@ class VQDiffusionPipeline:
   def _call(self, prompts, seed, num_inference_steps=None, guidance_scale=5.0, truncation_rate=1.0,
             purity_weight=None, init_image=None, inpaint_mask=None, start_t=None, paint=None,
             paint_weight=paint_lib.DEFAULT_PAINT_WEIGHT,
-            paint_outside=paint_lib.DEFAULT_PAINT_OUTSIDE, image=None, use_text=True):
+            paint_outside=paint_lib.DEFAULT_PAINT_OUTSIDE,
+            unpainted_guidance=paint_lib.DEFAULT_UNPAINTED_GUIDANCE, image=None, use_text=True):
     settings = settings_lib.settings_for_call(
         self.num_timesteps, num_inference_steps, guidance_scale, truncation_rate, purity_weight,
         start_t, has_init_image=init_image is not None, has_mask=inpaint_mask is not None)
     key = seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
     return self._run(self.params, prompts, key, settings, init_image, inpaint_mask, paint,
-                     paint_weight, paint_outside, image=image, use_text=use_text)
+                     paint_weight, paint_outside, unpainted_guidance, image=image,
+                     use_text=use_text)
 
   def __call__(self, prompts: str | Sequence[str], num_inference_steps: int | None = None,
                guidance_scale: float = 5.0, truncation_rate: float = 1.0, seed: int = 0,
@@ -344,8 +356,9 @@ class VQDiffusionPipeline:
                inpaint_mask: Any = None, start_t: int | None = None,
                paint: paint_lib.PaintSpec | None = None,
                paint_weight: float = paint_lib.DEFAULT_PAINT_WEIGHT,
-               paint_outside: float = paint_lib.DEFAULT_PAINT_OUTSIDE, image: Any = None,
-               use_text: bool = True) -> np.ndarray:
+               paint_outside: float = paint_lib.DEFAULT_PAINT_OUTSIDE,
+               unpainted_guidance: float = paint_lib.DEFAULT_UNPAINTED_GUIDANCE,
+               image: Any = None, use_text: bool = True) -> np.ndarray:
     """Generates uint8 images ``[B, H, W, 3]`` (numpy), one per prompt.
 
     Args:
@@ -371,6 +384,9 @@ class VQDiffusionPipeline:
         (``vqd_jax.inference.generate.paint_bias``).
       paint_outside: the same bias, times minus this, on the phrase's tokens outside its mask
         (0: eDiff-I's rule, inside only).
+      unpainted_guidance: the guidance scale at positions no mask covers (1: none there, so
+        guidance cannot pull the prompt's objects out of their masks; ``guidance_scale``:
+        eDiff-I's uniform guidance); partly painted positions get a blend of the two.
       image: a reference image (uint8 ``[H, W, 3]`` or one per prompt ``[B, H, W, 3]``, any
         size) for a model conditioned on a ``clip_image`` source; None: that source's null.
       use_text: False conditions on the image alone (every text source reads as its null; the
@@ -378,5 +394,5 @@ class VQDiffusionPipeline:
     """
     return np.asarray(self._call(prompts, seed, num_inference_steps, guidance_scale,
                                  truncation_rate, purity_weight, init_image, inpaint_mask,
-                                 start_t, paint, paint_weight, paint_outside, image=image,
-                                 use_text=use_text)[1])
+                                 start_t, paint, paint_weight, paint_outside,
+                                 unpainted_guidance, image=image, use_text=use_text)[1])
