@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--unpainted-guidance", type=float, default=1.0,
                  help="With --paint: the guidance scale where no mask is painted (default 1: no "
                       "guidance there, which keeps guidance from drawing the prompt's objects "
-                      "outside their masks; the --guidance value: eDiff-I's uniform guidance).")
+                      "outside their masks; the --guidance value: eDiff-I's uniform guidance). "
+                      "Measured on shapes, whose unpainted regions are background; where they "
+                      "hold scenery the prompt describes, a value nearer --guidance keeps it "
+                      "guided.")
   ar = p.add_argument_group("AR runs (configs/ar.py)")
   ar.add_argument("--temperature", type=float, default=None,
                   help="Divide the logits by this before drawing each token (default: the run's "

@@ -384,9 +384,9 @@ class VQDiffusionPipeline:
         (``vqd_jax.inference.generate.paint_bias``).
       paint_outside: the same bias, times minus this, on the phrase's tokens outside its mask
         (0: eDiff-I's rule, inside only).
-      unpainted_guidance: the guidance scale at positions no mask covers (1: none there, so
-        guidance cannot pull the prompt's objects out of their masks; ``guidance_scale``:
-        eDiff-I's uniform guidance); partly painted positions get a blend of the two.
+      unpainted_guidance: the guidance scale where no mask is painted (1: none, so guidance
+        cannot pull objects out of their masks; ``guidance_scale``: eDiff-I's uniform guidance;
+        grey cells blend the two). Nearer ``guidance_scale`` keeps unpainted scenery guided.
       image: a reference image (uint8 ``[H, W, 3]`` or one per prompt ``[B, H, W, 3]``, any
         size) for a model conditioned on a ``clip_image`` source; None: that source's null.
       use_text: False conditions on the image alone (every text source reads as its null; the
