@@ -162,17 +162,23 @@ def guidance_scales(paint: PaintSpec, batch: int, height: int, width: int, guida
   return out
 
 
-def _grids(paint: PaintSpec, batch: int, height: int, width: int) -> list[dict[str, np.ndarray]]:
-  """Per prompt, phrase -> its mask on the token grid ``[N]`` (checked non-empty)."""
+def load_masks(paint: PaintSpec, batch: int) -> list[dict[str, np.ndarray]]:
+  """``paint`` as one ``{phrase: [h, w] strengths}`` per prompt, every file read once."""
   per_prompt = [paint] * batch if isinstance(paint, Mapping) else list(paint)
   if len(per_prompt) != batch:
     raise ValueError(f"paint needs one {{phrase: mask}} for all prompts or one per prompt: got "
                      f"{len(per_prompt)} for {batch} prompts.")
+  return [{phrase: load_mask(mask, phrase) for phrase, mask in phrases.items()}
+          for phrases in per_prompt]
+
+
+def _grids(paint: PaintSpec, batch: int, height: int, width: int) -> list[dict[str, np.ndarray]]:
+  """Per prompt, phrase -> its mask on the token grid ``[N]`` (checked non-empty)."""
   out = []
-  for phrases in per_prompt:
+  for phrases in load_masks(paint, batch):
     out.append({})
     for phrase, mask in phrases.items():
-      grid = mask_to_grid(load_mask(mask, phrase), height, width)
+      grid = mask_to_grid(mask, height, width)
       if not grid.any():
         raise ValueError(f"The paint mask of {phrase!r} is empty on the {height}x{width} token "
                          "grid; paint the region white (grey for partial strength).")

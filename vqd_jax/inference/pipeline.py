@@ -310,6 +310,7 @@ class VQDiffusionPipeline:
       raise ValueError("inpaint_mask needs init_image: the image whose unmasked part is kept.")
     weights = scales = None
     if paint:
+      paint = paint_lib.load_masks(paint, batch)  # read once for both maps
       weights = jnp.asarray(self.paint_weights(prompts, paint, paint_weight, paint_outside))
       scales = paint_lib.guidance_scales(paint, batch, *self.token_grid, settings.guidance_scale,
                                          unpainted_guidance)
