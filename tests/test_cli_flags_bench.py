@@ -7,6 +7,8 @@ import contextlib
 import io
 import json
 import os
+import sys
+import time
 
 import jax
 import numpy as np
@@ -89,7 +91,8 @@ def test_bench_models_rows_follow_the_flags(monkeypatch, capsys, tmp_path):
   assert models.main(["--scale", "tiny", "--batch-sizes", "1", "--vqd-steps", "2",
                       "--ctf-codes", "24", "--clusters", "2", "--guidance", "1.0", "--full",
                       "--out", str(out)]) == 0
-  rows = _last_json(capsys.readouterr().out)["rows"]
+  printed = capsys.readouterr().out
+  rows = _last_json(printed)["rows"]
   by = {r["method"]: r for r in rows}
   # "--vqd-steps 2" (also CTF-VQD's coarse steps), "--ctf-codes 24", "--clusters 2".
   assert set(by) == {"VQD 2 steps K=16", "AR cached K=16", "AR uncached K=16", "AR cached K=24",
@@ -104,6 +107,11 @@ def test_bench_models_rows_follow_the_flags(monkeypatch, capsys, tmp_path):
   timing = {m: r["timing"] for m, r in by.items()}
   assert {m for m, t in timing.items() if t == "whole token sampler"} == {
       "VQD 2 steps K=16", "AR cached K=16", "AR uncached K=16"}
+  # Before each whole sampler runs, the rows as they stand: a run stopped there keeps them.
+  partial = [json.loads(line)["rows"] for line in printed.splitlines()
+             if line.startswith("{") and '"partial": true' in line]
+  assert [sum(r["timing"] == "whole token sampler" for r in p) for p in partial] == [0, 1, 2]
+  assert [r["method"] for r in partial[0]] == [r["method"] for r in rows]
   # "--out": the same rows as JSON lines.
   assert [json.loads(line) for line in out.read_text().splitlines()] == rows
 
@@ -270,22 +278,93 @@ def test_bench_chaos_trains_and_kills_as_asked(monkeypatch, tmp_path, capsys):
 @covers("bench suite --quick", "bench suite --only", "bench suite --out")
 def test_bench_suite_runs_the_selected_benchmarks_at_the_sizes_asked_for(monkeypatch, tmp_path):
   ran = []
-  monkeypatch.setattr(suite, "run_one", lambda args: (ran.append(args), (0, '{"x": 1}', 0.5))[1])
+  monkeypatch.setattr(suite, "run_one",
+                      lambda command, limit: (ran.append(command[3:]), (0, '{"x": 1}', 0.5))[1])
   # An accelerator's backend: without "--quick" the full sizes run, with it the small ones.
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert suite.main(["--only", "sampler", "--out", str(tmp_path / "full")]) == 0
   assert suite.main(["--quick", "--only", "train step", "--out", str(tmp_path / "quick")]) == 0
-  by_name = {name: (full, small) for name, full, small in suite.SUITE}
+  by_name = {b.name: b for b in suite.SUITE}
   sampler_name = next(n for n in by_name if "sampler" in n)
   train_names = [n for n in by_name if "train step" in n]
   assert len(train_names) == 2
-  assert ran == [by_name[sampler_name][0]] + [by_name[n][1] for n in train_names]
+  assert ran == [list(by_name[sampler_name].full)] + [list(by_name[n].quick) for n in train_names]
   full = json.loads((tmp_path / "full" / "suite.json").read_text())
   quick = json.loads((tmp_path / "quick" / "suite.json").read_text())
   assert (full["quick"], quick["quick"]) == (False, True)
   assert [b["name"] for b in full["benchmarks"]] == [sampler_name]
   assert [b["name"] for b in quick["benchmarks"]] == train_names
   assert quick["benchmarks"][0]["result"] == {"x": 1}
+
+
+@covers("bench suite --budget")
+def test_bench_suite_shares_its_budget_and_stops_what_runs_past_its_part(monkeypatch, tmp_path):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  shares = [b.share_s for b in suite.SUITE]
+  # Each benchmark takes 10 s, except the B train step, which runs past any limit it is given.
+  taken, limits, written = [], [], []
+
+  def fake(command, limit):
+    limits.append(limit)
+    if suite.os.path.exists(tmp_path / "suite.json"):
+      written.append(len(json.loads((tmp_path / "suite.json").read_text())["benchmarks"]))
+    if "configs/diffusion.py:B" in command:
+      taken.append(limit)
+      return None, 'compiling...\n{"rows": [1], "partial": true}\nstill compiling\n', limit
+    taken.append(10.0)
+    return 0, '{"x": 1}', 10.0
+
+  monkeypatch.setattr(suite, "run_one", fake)
+  assert suite.main(["--budget", "200", "--out", str(tmp_path)]) == 1
+  # Closed form: each gets its share of what the ones before it left.
+  for i, limit in enumerate(limits):
+    assert limit == pytest.approx((200 - sum(taken[:i])) * shares[i] / sum(shares[i:]))
+  assert sum(taken) <= 200 + 1e-9
+  report = json.loads((tmp_path / "suite.json").read_text())
+  assert written == list(range(1, len(suite.SUITE)))  # rewritten after every benchmark
+  stopped = [b for b in report["benchmarks"] if not b["ok"]]
+  assert [b["name"] for b in stopped] == [b.name for b in suite.SUITE if "B bf16" in b.name]
+  # It is reported as stopped, with the last figures it printed.
+  assert stopped[0]["stopped"] and "stopped after" in stopped[0]["error"]
+  assert not any(b["stopped"] for b in report["benchmarks"] if b["ok"])
+  assert stopped[0]["result"] == {"rows": [1], "partial": True}
+  assert report["budget_s"] == 200
+  # The default on an accelerator is the sum of the shares; --budget 0 and --quick have none.
+  limits.clear(), taken.clear()
+  suite.main(["--only", "sampler"])
+  assert limits == [pytest.approx(suite.DEFAULT_BUDGET_S)] and suite.DEFAULT_BUDGET_S <= 360
+  limits.clear()
+  suite.main(["--only", "sampler", "--budget", "0"])
+  suite.main(["--only", "sampler", "--quick"])
+  assert limits == [None, None]
+
+
+@pytest.mark.parametrize("budget", ["-5", "nan", "inf"])
+def test_bench_suite_refuses_a_budget_that_is_not_seconds(budget, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    suite.main(["--budget", budget])
+  assert exit_info.value.code == 2
+  assert f"--budget is the suite's seconds (0 for no limit), got {float(budget)}" in (
+      capsys.readouterr().err)
+
+
+def test_bench_suite_stops_a_benchmark_with_every_process_it_started(tmp_path):
+  pid_file = tmp_path / "child.pid"
+  script = ("import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+            "print('started', flush=True)\n"
+            "time.sleep(120)\n")
+  code, output, seconds = suite.run_one([sys.executable, "-c", script], limit_s=3)
+  assert code is None and "started" in output and seconds < 60
+  child = int(pid_file.read_text())
+  for _ in range(100):
+    if not chaos.running(child):  # killed: gone, or a zombie until it is reaped
+      break
+    time.sleep(0.05)
+  else:
+    raise AssertionError("the benchmark's own subprocess outlived the stop")
+  assert suite.run_one([sys.executable, "-c", "print('{\"a\": 1}')"], 30)[:2] == (0, '{"a": 1}\n')
 
 
 # -- bench memory --------------------------------------------------------------------------------

@@ -8,6 +8,11 @@ optimizer state and EMA, their totals, the ideal per-device share (weights are s
 tensor and copied over data), the largest arrays left whole on every device, and (unless
 ``--no-compile``) the compiler's memory analysis of one train step. Any config field can be
 overridden with ``--config.<field>=<value>`` (repeatable), as in ``python -m vqd_jax.train``.
+
+The state figures hold on every backend; the compiled step's temporary bytes are the backend's
+own. XLA's CPU backend does not realise remat's savings (B at batch 8: 52.7 GB with remat, 53.0
+without, while the backward keeps 0.54 GB against 42.8 GB of residuals), so read them on the
+backend that will train.
 """
 
 from __future__ import annotations

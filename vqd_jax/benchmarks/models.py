@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -37,17 +36,25 @@ SCORE_FILES = {"VQD": "quickstart.json", "AR": "quickstart_ar.json", "CTF": "qui
 
 @dataclasses.dataclass
 class Call:
-  """One network call: ``fn(*args)`` jitted, made ``count`` times per batch of ``batch`` images."""
+  """One network call: ``fn(*args)`` jitted, made ``count`` times per batch of ``batch`` images.
+
+  Copies made by :meth:`with_count` share the compiled program and its timing."""
   name: str
   fn: Callable[..., Any]
   args: tuple
   count: int
   batch: int
+  _shared: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
-  @functools.cached_property
+  def with_count(self, count: int) -> "Call":
+    return dataclasses.replace(self, count=count)
+
+  @property
   def compiled(self):
-    import jax  # pylint: disable=import-outside-toplevel
-    return jax.jit(self.fn).lower(*self.args).compile()
+    if "compiled" not in self._shared:
+      import jax  # pylint: disable=import-outside-toplevel
+      self._shared["compiled"] = jax.jit(self.fn).lower(*self.args).compile()
+    return self._shared["compiled"]
 
   def flops(self) -> float:
     analysis = self.compiled.cost_analysis()
@@ -56,7 +63,9 @@ class Call:
 
   def seconds(self, repeats: int = 3) -> float:
     """Median wall time of one call (after a warm-up)."""
-    return median_seconds(lambda: self.compiled(*self.args), repeats)
+    if "seconds" not in self._shared:
+      self._shared["seconds"] = median_seconds(lambda: self.compiled(*self.args), repeats)
+    return self._shared["seconds"]
 
 
 def median_seconds(run: Callable[[], Any], repeats: int = 3) -> float:
@@ -190,8 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = models_rows.trained_rows(args.trained, batches, steps)
   else:
     codes = [int(k) for k in args.ctf_codes.split(",")] if args.ctf_codes else None
+    # With --full, the rows before each whole sampler is timed (a stopped run keeps the last).
+    progress = lambda rows: print(json.dumps({"rows": rows, "partial": True}), flush=True)
     rows = models_rows.scale_rows(args.scale, batches, steps, codes, args.clusters,
-                                  args.guidance, args.full)
+                                  args.guidance, args.full, progress)
   print_table(rows)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

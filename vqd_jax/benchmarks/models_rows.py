@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,9 +32,13 @@ def _sizes(scale: str) -> dict[str, Any]:
 
 def scale_rows(scale: str, batches: Sequence[int], steps: Sequence[int],
                ctf_codes: Sequence[int] | None, clusters: int, guidance: float,
-               full: bool) -> list[dict[str, Any]]:
+               full: bool, progress: Callable[[list], None] | None = None
+               ) -> list[dict[str, Any]]:
   """VQD, AR (cached, uncached), CTF and CTF-VQD of one size with random weights (CTF at
-  ``ctf_codes``, by default 4096 and 16384 codes for S, twice the preset's codes for tiny)."""
+  ``ctf_codes``, by default 4096 and 16384 codes for S, twice the preset's codes for tiny).
+
+  With ``full``, ``progress(rows)`` (when given) sees the rows as they stand before each whole
+  sampler is timed, so a run stopped early still has its figures."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from vqd_jax.autoregressive import ARTransformer  # pylint: disable=import-outside-toplevel
   from vqd_jax.transformer import Text2ImageTransformer  # pylint: disable=import-outside-toplevel
@@ -57,16 +61,19 @@ def scale_rows(scale: str, batches: Sequence[int], steps: Sequence[int],
 
   guided = guidance != 1.0
   vqd, ar_base = denoiser(codes), ar(codes)
-  # Per codebook size: the AR baseline, CTF's coarse AR and diffusion stages, its fine predictor.
-  per_k = {k: (ar(k), ar(clusters), denoiser(clusters), ar(k, causal=False, input_classes=clusters))
-           for k in ctf_codes}
+  # CTF's coarse AR and diffusion stages; per codebook size the AR baseline and the fine predictor.
+  coarse, coarse_vqd = ar(clusters), denoiser(clusters)
+  per_k = {k: (ar(k), ar(k, causal=False, input_classes=clusters)) for k in ctf_codes}
   samplers = _whole_samplers(vqd, ar_base, guidance)
   rows, timed = [], []  # timed: (row, the sampler that --full runs for it)
   for b in batches:
     r = _rows(guided, b)
     kw = dict(text_len=text_len, text_dim=text_dim, batch=b)
+    vqd_step = denoiser_call(*vqd, r, count=1, **kw)  # one program for every step count
+    coarse_steps = ar_step_calls(*coarse, r, count=n, **kw)
+    coarse_denoise = denoiser_call(*coarse_vqd, r, count=steps[0], **kw)
     for s in steps:
-      rows.append(summarise(f"VQD {s} steps K={codes}", [denoiser_call(*vqd, r, count=s, **kw)],
+      rows.append(summarise(f"VQD {s} steps K={codes}", [vqd_step.with_count(s)],
                             count_params(vqd[1])))
       timed.append((rows[-1], samplers["vqd"](s)))
     for cached in (True, False):
@@ -75,18 +82,19 @@ def scale_rows(scale: str, batches: Sequence[int], steps: Sequence[int],
       rows.append(summarise(f"AR {'cached' if cached else 'uncached'} K={codes}", calls,
                             count_params(ar_base[1])))
       timed.append((rows[-1], samplers["ar"](cached)))
-    for k, (big, coarse, coarse_vqd, fine) in per_k.items():
+    for k, (big, fine) in per_k.items():
       fine_call = ar_full_call(*fine, b, count=1, name="fine pass", **kw)
       rows.append(summarise(f"AR cached K={k}", ar_step_calls(*big, r, count=n, **kw),
                             count_params(big[1])))
-      rows.append(summarise(f"CTF K={k} C={clusters}", [*ar_step_calls(*coarse, r, count=n, **kw),
-                                                         fine_call],
+      rows.append(summarise(f"CTF K={k} C={clusters}", [*coarse_steps, fine_call],
                             count_params(coarse[1]) + count_params(fine[1])))
       rows.append(summarise(f"CTF-VQD {steps[0]} steps K={k} C={clusters}",
-                            [denoiser_call(*coarse_vqd, r, count=steps[0], **kw), fine_call],
+                            [coarse_denoise, fine_call],
                             count_params(coarse_vqd[1]) + count_params(fine[1])))
   if full:
     for row, (generator, params, settings) in timed:
+      if progress:
+        progress(rows)
       _time_whole_sampler(row, generator, params, settings, text_len, text_dim)
   return rows
 
@@ -168,12 +176,12 @@ def trained_rows(workdir: str, batches: Sequence[int], steps: Sequence[int]
       defaults = pipe.sampling_defaults
       cond = pipe.conditioner
       for b in batches:
+        r = _rows(diffusion.SamplerConfig(**defaults).guidance_scale != 1.0, b)
+        call = denoiser_call(pipe.transformer, pipe.params["transformer"], r, cond.length,
+                             cond.width, 1, b)
         for s in steps:
           settings = diffusion.SamplerConfig(**{**defaults, "num_steps": s})
-          r = _rows(settings.guidance_scale != 1.0, b)
-          call = denoiser_call(pipe.transformer, pipe.params["transformer"], r, cond.length,
-                               cond.width, s, b)
-          rows.append(_pipeline_row(f"VQD {s} steps", pipe, settings, [call],
+          rows.append(_pipeline_row(f"VQD {s} steps", pipe, settings, [call.with_count(s)],
                                     count_params(pipe.params["transformer"]), b,
                                     score if s == defaults["num_steps"] else {}))
     elif kind == "ar":
