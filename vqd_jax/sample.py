@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from vqd_jax import configs_io, cpu_devices, sample_inputs
+from vqd_jax import configs_io, cpu_devices, out_of_memory, sample_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,9 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   if getattr(pipe, "conditioner", None) is not None and not args.image_only:
     for note in settings_lib.prompt_notes(pipe.conditioner.tokenizer, prompts):
       print(note, file=sys.stderr)
-  records = generate_to_folder(pipe, prompts, args.out, num_samples=args.num_samples,
-                               settings=settings, seed=args.seed, batch_size=args.batch_size,
-                               extra_info=extra, **kwargs)
+  with out_of_memory.explained("sampling", f"Lower --batch-size (now {args.batch_size})."):
+    records = generate_to_folder(pipe, prompts, args.out, num_samples=args.num_samples,
+                                 settings=settings, seed=args.seed, batch_size=args.batch_size,
+                                 extra_info=extra, **kwargs)
   print(f"Wrote {len(records)} images, grid.png and samples.jsonl to {args.out} "
         f"in {time.perf_counter() - t0:.1f}s.")
   return 0

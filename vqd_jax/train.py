@@ -11,8 +11,8 @@ found relative to the working directory, else among the configs installed with v
 the same command after a crash or preemption continues from the last checkpoint in ``--workdir``
 (``--config.train.restore_step=N`` goes back to an older one). A workdir in use by another training
 process, a checkpoint that cannot be restored or saved, a missing autoencoder run, data that
-cannot be read and NaN/inf losses stop the run with a message saying what to do and a non-zero
-exit code.
+cannot be read, NaN/inf losses and running out of device memory stop the run with a message
+saying what to do and a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from vqd_jax import configs_io, cpu_devices
+from vqd_jax import configs_io, cpu_devices, out_of_memory
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and preset, e.g. configs/diffusion.py:shapes (presets are listed "
@@ -101,9 +101,12 @@ def main(argv):
   from vqd_jax.data import DataSourceError  # pylint: disable=import-outside-toplevel
   from vqd_jax.inference import loading  # pylint: disable=import-outside-toplevel
   from vqd_jax.training import nonfinite, workdir_lock  # pylint: disable=import-outside-toplevel
+  fixes = (out_of_memory.training_fixes(_CONFIG.value)
+           + " The run resumes from its last checkpoint.")
   try:
-    metrics = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                      stop_after=_STOP_AFTER.value)
+    with out_of_memory.explained("training", fixes):
+      metrics = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                        stop_after=_STOP_AFTER.value)
   except (checkpoint.CheckpointError, workdir_lock.WorkdirLockError, nonfinite.NonFiniteError,
           DataSourceError, loading.MissingRunError, loading.RunMismatchError) as e:
     # Each message names the problem and the fix; a traceback would only bury it.

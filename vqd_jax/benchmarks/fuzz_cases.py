@@ -350,6 +350,8 @@ def config_cases(inputs: Inputs) -> list[Case]:
   return cases + [
       train_case(inputs, "train/unexpected_argument", "extra"),
       train_case(inputs, "train/missing_autoencoder", f"--config.vqvae_workdir={inputs.root}/no"),
+      # An MLP of 2**40 times the width: more device memory than any machine has.
+      train_case(inputs, "train/out_of_device_memory", f"--config.model.mlp_ratio={2 ** 40}"),
       e("encode/num_examples_0", "--num-examples", "0"),
       e("encode/batch_size_0", "--batch-size", "0"),
       e("encode/missing_autoencoder", "--vqvae-workdir", f"{inputs.root}/nope"),

@@ -80,10 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   import jax  # pylint: disable=import-outside-toplevel
   from vqd_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
 
+  from vqd_jax import out_of_memory  # pylint: disable=import-outside-toplevel
   task = common.prepare_task(config, args.vqvae_config)
   mesh = sharding_lib.make_mesh(dict(config.mesh))
   rules = sharding_lib.rules_from_config(config.sharding_rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with (jax.set_mesh(mesh), nn.logical_axis_rules(rules),
+        out_of_memory.explained("the train step", out_of_memory.training_fixes(config))):
     step, batch, key, abstract, shardings = common.compiled_step(task, mesh, rules)
     t = time.perf_counter()
     compiled = step.lower(abstract, batch, key).compile()
