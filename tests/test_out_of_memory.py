@@ -54,7 +54,8 @@ def test_train_out_of_device_memory_says_what_to_change(tmp_path):
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr
-  assert "Error: training ran out of device memory (" in proc.stderr
+  # On a line of its own: the progress bar's line is ended first.
+  assert "\nError: training ran out of device memory (" in proc.stderr
   assert "Lower --config.train.batch_size (now 4)" in proc.stderr
   assert "--config.model.dtype=bfloat16" in proc.stderr  # the autoencoder has no remat field
   assert "remat" not in proc.stderr

@@ -185,32 +185,34 @@ def _steps(config, workdir, task, checkpointer, writer, iterator, mesh, step_fn,
   last_metrics: dict[str, float] = {}
   t_start = time.perf_counter()
   step = start
-  while step < num_steps:
-    batch = sharding_lib.global_batch(next(iterator), mesh)
-    state, metrics = step_fn(state, batch, train_key)
-    step += 1
-    buffer.add(metrics)
-    monitor.add(step, metrics)
-    bar.update(1)
-    done = step == num_steps or (stop_after is not None and step >= stop_after)
-    if step % cfg.log_every == 0 or done:
-      last_metrics = buffer.flush()
-      last_metrics["minutes"] = (time.perf_counter() - t_start) / 60
-      writer.write_scalars(step, last_metrics)
-      bar.set_postfix(loss=f"{last_metrics.get('loss', float('nan')):.4f}",
-                      sps=f"{last_metrics['steps_per_sec']:.2f}")
-      monitor.check()
-    if cfg.sample_every and (step % cfg.sample_every == 0 or done):
-      preview_state = _preview_copy(state)
-      if is_main:
-        with jax.set_mesh(None):  # a single-device program, outside the training mesh
-          task.write_previews(preview_state, step, writer, os.path.join(workdir, "previews"))
-    preempted = checkpointer.reached_preemption(step)
-    if step % cfg.ckpt_every == 0 or done or preempted:
-      monitor.check()  # a non-finite step since the last log is never saved
-      writer.flush()  # a kill after this save must not lose the history up to its step
-      checkpointer.save(step, state, iterator.get_state(), config_json, force=True)
-    if done or preempted:
-      break
-  bar.close()
+  try:  # an error ends the bar's line first, so its message starts a line of its own
+    while step < num_steps:
+      batch = sharding_lib.global_batch(next(iterator), mesh)
+      state, metrics = step_fn(state, batch, train_key)
+      step += 1
+      buffer.add(metrics)
+      monitor.add(step, metrics)
+      bar.update(1)
+      done = step == num_steps or (stop_after is not None and step >= stop_after)
+      if step % cfg.log_every == 0 or done:
+        last_metrics = buffer.flush()
+        last_metrics["minutes"] = (time.perf_counter() - t_start) / 60
+        writer.write_scalars(step, last_metrics)
+        bar.set_postfix(loss=f"{last_metrics.get('loss', float('nan')):.4f}",
+                        sps=f"{last_metrics['steps_per_sec']:.2f}")
+        monitor.check()
+      if cfg.sample_every and (step % cfg.sample_every == 0 or done):
+        preview_state = _preview_copy(state)
+        if is_main:
+          with jax.set_mesh(None):  # a single-device program, outside the training mesh
+            task.write_previews(preview_state, step, writer, os.path.join(workdir, "previews"))
+      preempted = checkpointer.reached_preemption(step)
+      if step % cfg.ckpt_every == 0 or done or preempted:
+        monitor.check()  # a non-finite step since the last log is never saved
+        writer.flush()  # a kill after this save must not lose the history up to its step
+        checkpointer.save(step, state, iterator.get_state(), config_json, force=True)
+      if done or preempted:
+        break
+  finally:
+    bar.close()
   return last_metrics
