@@ -107,11 +107,14 @@ def test_bench_models_rows_follow_the_flags(monkeypatch, capsys, tmp_path):
   timing = {m: r["timing"] for m, r in by.items()}
   assert {m for m, t in timing.items() if t == "whole token sampler"} == {
       "VQD 2 steps K=16", "AR cached K=16", "AR uncached K=16"}
-  # Before each whole sampler runs, the rows as they stand: a run stopped there keeps them.
+  # After each row and before each whole sampler runs, the rows as they stand: a run stopped
+  # there keeps them.
   partial = [json.loads(line)["rows"] for line in printed.splitlines()
              if line.startswith("{") and '"partial": true' in line]
-  assert [sum(r["timing"] == "whole token sampler" for r in p) for p in partial] == [0, 1, 2]
-  assert [r["method"] for r in partial[0]] == [r["method"] for r in rows]
+  assert [len(p) for p in partial] == [1, 2, 3, 4, 5, 6, 6, 6, 6]
+  assert [sum(r["timing"] == "whole token sampler" for r in p) for p in partial[5:]] == [
+      0, 0, 1, 2]
+  assert [r["method"] for r in partial[-1]] == [r["method"] for r in rows]
   # "--out": the same rows as JSON lines.
   assert [json.loads(line) for line in out.read_text().splitlines()] == rows
 

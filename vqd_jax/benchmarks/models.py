@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = models_rows.trained_rows(args.trained, batches, steps)
   else:
     codes = [int(k) for k in args.ctf_codes.split(",")] if args.ctf_codes else None
-    # With --full, the rows before each whole sampler is timed (a stopped run keeps the last).
+    # The rows so far, after each row and before each whole sampler (a stopped run keeps them).
     progress = lambda rows: print(json.dumps({"rows": rows, "partial": True}), flush=True)
     rows = models_rows.scale_rows(args.scale, batches, steps, codes, args.clusters,
                                   args.guidance, args.full, progress)

@@ -37,8 +37,8 @@ def scale_rows(scale: str, batches: Sequence[int], steps: Sequence[int],
   """VQD, AR (cached, uncached), CTF and CTF-VQD of one size with random weights (CTF at
   ``ctf_codes``, by default 4096 and 16384 codes for S, twice the preset's codes for tiny).
 
-  With ``full``, ``progress(rows)`` (when given) sees the rows as they stand before each whole
-  sampler is timed, so a run stopped early still has its figures."""
+  ``progress(rows)`` (when given) sees the rows as they stand after each new row and, with
+  ``full``, before each whole sampler is timed, so a run stopped early keeps its figures."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from vqd_jax.autoregressive import ARTransformer  # pylint: disable=import-outside-toplevel
   from vqd_jax.transformer import Text2ImageTransformer  # pylint: disable=import-outside-toplevel
@@ -66,6 +66,12 @@ def scale_rows(scale: str, batches: Sequence[int], steps: Sequence[int],
   per_k = {k: (ar(k), ar(k, causal=False, input_classes=clusters)) for k in ctf_codes}
   samplers = _whole_samplers(vqd, ar_base, guidance)
   rows, timed = [], []  # timed: (row, the sampler that --full runs for it)
+
+  def add(row):
+    rows.append(row)
+    if progress:
+      progress(rows)
+
   for b in batches:
     r = _rows(guided, b)
     kw = dict(text_len=text_len, text_dim=text_dim, batch=b)
@@ -73,24 +79,23 @@ def scale_rows(scale: str, batches: Sequence[int], steps: Sequence[int],
     coarse_steps = ar_step_calls(*coarse, r, count=n, **kw)
     coarse_denoise = denoiser_call(*coarse_vqd, r, count=steps[0], **kw)
     for s in steps:
-      rows.append(summarise(f"VQD {s} steps K={codes}", [vqd_step.with_count(s)],
-                            count_params(vqd[1])))
+      add(summarise(f"VQD {s} steps K={codes}", [vqd_step.with_count(s)],
+                    count_params(vqd[1])))
       timed.append((rows[-1], samplers["vqd"](s)))
     for cached in (True, False):
       calls = (ar_step_calls(*ar_base, r, count=n, **kw) if cached
                else [ar_full_call(*ar_base, r, count=n, **kw)])
-      rows.append(summarise(f"AR {'cached' if cached else 'uncached'} K={codes}", calls,
-                            count_params(ar_base[1])))
+      add(summarise(f"AR {'cached' if cached else 'uncached'} K={codes}", calls,
+                    count_params(ar_base[1])))
       timed.append((rows[-1], samplers["ar"](cached)))
     for k, (big, fine) in per_k.items():
       fine_call = ar_full_call(*fine, b, count=1, name="fine pass", **kw)
-      rows.append(summarise(f"AR cached K={k}", ar_step_calls(*big, r, count=n, **kw),
-                            count_params(big[1])))
-      rows.append(summarise(f"CTF K={k} C={clusters}", [*coarse_steps, fine_call],
-                            count_params(coarse[1]) + count_params(fine[1])))
-      rows.append(summarise(f"CTF-VQD {steps[0]} steps K={k} C={clusters}",
-                            [coarse_denoise, fine_call],
-                            count_params(coarse_vqd[1]) + count_params(fine[1])))
+      add(summarise(f"AR cached K={k}", ar_step_calls(*big, r, count=n, **kw),
+                    count_params(big[1])))
+      add(summarise(f"CTF K={k} C={clusters}", [*coarse_steps, fine_call],
+                    count_params(coarse[1]) + count_params(fine[1])))
+      add(summarise(f"CTF-VQD {steps[0]} steps K={k} C={clusters}", [coarse_denoise, fine_call],
+                    count_params(coarse_vqd[1]) + count_params(fine[1])))
   if full:
     for row, (generator, params, settings) in timed:
       if progress:
