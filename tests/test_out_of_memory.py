@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import pytest
 
 from vqd_jax import configs_io, out_of_memory, sample
+from vqd_jax.benchmarks import common
+from vqd_jax.benchmarks import train as bench_train
 
 
 def _allocate_too_much():
@@ -68,3 +70,13 @@ def test_sample_out_of_device_memory_names_the_batch_size(tiny_run, tmp_path, mo
                  "--out", str(tmp_path / "out")])
   assert str(exit_info.value).startswith("Error: sampling ran out of device memory (")
   assert str(exit_info.value).endswith("Lower --batch-size (now 5).")
+
+
+def test_bench_train_out_of_device_memory_names_the_config_settings(monkeypatch):
+  monkeypatch.setattr(common, "compiled_step", lambda *a: _allocate_too_much())
+  with pytest.raises(SystemExit) as exit_info:
+    bench_train.main(["--config", "configs/diffusion.py:tiny", "--vqvae-config",
+                      "configs/vqvae.py:tiny", "--config.train.batch_size=3"])
+  assert str(exit_info.value).startswith("Error: the train step ran out of device memory (")
+  assert "Lower --config.train.batch_size (now 3)" in str(exit_info.value)
+

@@ -78,9 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(str(e))
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
+  from vqd_jax import out_of_memory  # pylint: disable=import-outside-toplevel
   from vqd_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
 
-  from vqd_jax import out_of_memory  # pylint: disable=import-outside-toplevel
   task = common.prepare_task(config, args.vqvae_config)
   mesh = sharding_lib.make_mesh(dict(config.mesh))
   rules = sharding_lib.rules_from_config(config.sharding_rules)
