@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from vqd_jax import configs_io, out_of_memory, sample
+from vqd_jax import configs_io, encode, evaluate, out_of_memory, sample
 from vqd_jax.benchmarks import common
 from vqd_jax.benchmarks import train as bench_train
 
@@ -63,13 +63,31 @@ def test_train_out_of_device_memory_says_what_to_change(tmp_path):
   assert "remat" not in proc.stderr
 
 
-def test_sample_out_of_device_memory_names_the_batch_size(tiny_run, tmp_path, monkeypatch):
-  monkeypatch.setattr(sample, "generate_to_folder", lambda *a, **k: _allocate_too_much())
+def _exit_message(run) -> str:
   with pytest.raises(SystemExit) as exit_info:
-    sample.main(["--workdir", tiny_run, "--prompt", "a red circle", "--batch-size", "5",
-                 "--out", str(tmp_path / "out")])
-  assert str(exit_info.value).startswith("Error: sampling ran out of device memory (")
-  assert str(exit_info.value).endswith("Lower --batch-size (now 5).")
+    run()
+  return str(exit_info.value)
+
+
+def test_sample_encode_and_evaluate_name_their_batch_size(tiny_run, tiny_vq_dir, tmp_path,
+                                                         monkeypatch):
+  monkeypatch.setattr(sample, "generate_to_folder", lambda *a, **k: _allocate_too_much())
+  text = _exit_message(lambda: sample.main([
+      "--workdir", tiny_run, "--prompt", "a red circle", "--batch-size", "5",
+      "--out", str(tmp_path / "out")]))
+  assert text.startswith("Error: sampling ran out of device memory (")
+  assert text.endswith("Lower --batch-size (now 5).")
+  monkeypatch.setattr(encode, "encode_dataset", lambda *a, **k: _allocate_too_much())
+  text = _exit_message(lambda: encode.main([
+      "--vqvae-workdir", tiny_vq_dir, "--config", "configs/diffusion.py:tiny",
+      "--out", str(tmp_path / "tokens"), "--batch-size", "6"]))
+  assert text.startswith("Error: encoding ran out of device memory (")
+  assert text.endswith("Lower --batch-size (now 6).")
+  monkeypatch.setattr(evaluate, "run_metric", lambda args: _allocate_too_much())
+  text = _exit_message(lambda: evaluate.main([
+      "bound", "--workdir", tiny_run, "--out", str(tmp_path / "bound"), "--batch-size", "7"]))
+  assert text.startswith("Error: evaluate bound ran out of device memory (")
+  assert text.endswith("Lower --batch-size (now 7).")
 
 
 def test_bench_train_out_of_device_memory_names_the_config_settings(monkeypatch):

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from vqd_jax import configs_io, cpu_devices
+from vqd_jax import configs_io, cpu_devices, out_of_memory
 
 
 def embedding_bytes(source) -> int:
@@ -160,8 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Embeddings ({', '.join(s.name for s, _ in embedders)}): {per_example / 1024:.1f} KiB "
           f"per example (float16), for {count} examples.")
   try:
-    stats = encode_dataset(vq, config.data, args.out, num_examples=args.num_examples,
-                           batch_size=args.batch_size, embedders=embedders)
+    with out_of_memory.explained("encoding", out_of_memory.batch_size_fix(args.batch_size)):
+      stats = encode_dataset(vq, config.data, args.out, num_examples=args.num_examples,
+                             batch_size=args.batch_size, embedders=embedders)
   except DataSourceError as e:
     raise SystemExit(f"Error: {e}") from None
   if args.coarse_clusters:

@@ -37,7 +37,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from vqd_jax import cpu_devices
+from vqd_jax import cpu_devices, out_of_memory
 from vqd_jax.evaluation import all_cli, inception_cli
 
 
@@ -189,6 +189,14 @@ def run_clip_score(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  if getattr(args, "batch_size", None) is None:  # no device calls in batches of its choosing
+    return run_metric(args)
+  with out_of_memory.explained(f"evaluate {args.metric}",
+                               out_of_memory.batch_size_fix(args.batch_size)):
+    return run_metric(args)
+
+
+def run_metric(args) -> int:
   if args.metric == "shapes":
     return run_shapes(args)
   if args.metric == "prompt-switch":

@@ -37,6 +37,11 @@ def explained(what: str, fixes: str) -> Iterator[None]:
     raise SystemExit(message(what, e, fixes)) from None
 
 
+def batch_size_fix(batch_size: int) -> str:
+  """The fix for a command that runs its device calls ``--batch-size`` examples at a time."""
+  return f"Lower --batch-size (now {batch_size})."
+
+
 def training_fixes(config) -> str:
   """What lowers a training run's memory, with its current values."""
   model = config.get("model", {})

@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if getattr(pipe, "conditioner", None) is not None and not args.image_only:
     for note in settings_lib.prompt_notes(pipe.conditioner.tokenizer, prompts):
       print(note, file=sys.stderr)
-  with out_of_memory.explained("sampling", f"Lower --batch-size (now {args.batch_size})."):
+  with out_of_memory.explained("sampling", out_of_memory.batch_size_fix(args.batch_size)):
     records = generate_to_folder(pipe, prompts, args.out, num_samples=args.num_samples,
                                  settings=settings, seed=args.seed, batch_size=args.batch_size,
                                  extra_info=extra, **kwargs)
