@@ -104,7 +104,7 @@ def run_one(command: Sequence[str], limit_s: float | None) -> tuple[int | None, 
   """``(exit code, combined output, seconds)`` of ``command``, its output echoed as it comes; the
   code is None when it ran past ``limit_s`` and was stopped, with every process it started."""
   t0 = time.perf_counter()
-  # A session of its own, so that stopping it also stops any process it started.
+  # Its own process group (setsid), so that killing the group also stops what it started.
   proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, start_new_session=True,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})

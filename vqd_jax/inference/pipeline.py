@@ -314,10 +314,10 @@ class VQDiffusionPipeline:
       weights = jnp.asarray(self.paint_weights(prompts, paint, paint_weight, paint_outside))
       scales = paint_lib.guidance_scales(paint, batch, *self.token_grid, settings.guidance_scale,
                                          unpainted_guidance)
-      # Weight 0 is no paint at all, guidance included.
-      changed = np.any(scales != settings.guidance_scale) and paint_weight > 0
-      scales = jnp.asarray(scales) if changed and diffusion.uses_guidance(
-          settings.guidance_scale) else None
+      # Weight 0 is no paint at all, guidance included; a uniform map changes nothing.
+      keep = (paint_weight > 0 and diffusion.uses_guidance(settings.guidance_scale)
+              and np.any(scales != settings.guidance_scale))
+      scales = jnp.asarray(scales) if keep else None
     embedded = self.embed(prompts if use_text else None, image, batch)
     return self._program(params, jnp.asarray(ids), jnp.asarray(mask), key, init_tokens, regenerate,
                          weights, scales, embedded, settings=settings, use_text=use_text)
